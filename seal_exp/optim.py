@@ -1,0 +1,40 @@
+"""Optimisers as the reference recipes set them up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from seal_exp.config import require
+
+
+def sgd(
+    modules: Iterable[nn.Module],
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    nesterov: bool = False,
+    decay_all_params: bool = False,
+) -> torch.optim.SGD:
+    """SGD with weight decay on conv and linear weights only (BatchNorm parameters and biases get 0).
+
+    ``decay_all_params`` decays every parameter instead, as the ANN-teacher recipes of the papers do.
+    """
+    require(lr > 0, "lr", lr, "the learning rate must be > 0")
+    require(0 <= momentum < 1, "momentum", momentum, "must lie in [0, 1)")
+    require(weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0")
+    decayed: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for root in modules:
+        for module in root.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                is_weight = name == "weight" and isinstance(module, nn.modules.conv._ConvNd | nn.Linear)
+                (decayed if decay_all_params or is_weight else plain).append(param)
+    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=nesterov)

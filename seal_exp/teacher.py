@@ -1,0 +1,139 @@
+"""The ANN teacher: loaded from ``teacher.checkpoint``, reused from the cache, or trained once and cached.
+
+The cache key covers everything that decides the teacher's weights: the dataset config, the
+architecture, the teacher recipe (loop, optimiser, schedule) and the seed. A checkpoint records
+architecture, dataset, class count and accuracy, and a checkpoint that does not fit the run is refused
+before any data is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from seal_exp import checkpoint
+from seal_exp.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "seal-exp/teacher-v1"
+
+
+class Supervised(nn.Module):
+    """Cross-entropy training of an ANN, in the engine's objective shape."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.model(x)
+        return logits, {"ce": F.cross_entropy(logits, y)}
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where this run's teacher comes from; ``needs_training`` when the cache does not have it yet."""
+
+    path: Path
+    origin: str  # "checkpoint" | "cache"
+    needs_training: bool
+
+
+def _plain(node: DictConfig) -> Any:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def cache_key(cfg: DictConfig) -> str:
+    identity = {
+        "format": FORMAT,
+        "dataset": _plain(cfg.dataset),
+        "model": _plain(cfg.teacher.model),
+        "recipe": _plain(cfg.teacher.recipe),
+        "optim": _plain(cfg.teacher.optim),
+        "sched": _plain(cfg.teacher.sched),
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def locate(cfg: DictConfig) -> TeacherSource:
+    """Resolve the teacher's file without reading any data; a missing explicit checkpoint is an error."""
+    if cfg.teacher.checkpoint:
+        path = Path(str(cfg.teacher.checkpoint)).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"teacher.checkpoint={path}: no such file. Train a teacher with "
+                "`python -m seal_exp.train stage=teacher` (it prints where it saved it), or set "
+                "teacher.checkpoint=null to train one for this run and cache it."
+            )
+        return TeacherSource(path.resolve(), "checkpoint", needs_training=False)
+    path = Path(str(cfg.teacher.cache_dir)) / f"{cfg.dataset.name}-{cfg.teacher.arch}-{cache_key(cfg)}.pt"
+    return TeacherSource(path, "cache", needs_training=not path.is_file())
+
+
+def expected_identity(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "arch": str(cfg.teacher.arch),
+        "dataset": str(cfg.dataset.name),
+        "num_classes": int(cfg.dataset.num_classes),
+        "in_channels": int(cfg.dataset.in_channels),
+    }
+
+
+def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dict[str, Any]:
+    """Check that the checkpoint fits this run, load its weights into ``teacher``, return its record."""
+    key = "teacher.checkpoint" if source.origin == "checkpoint" else "the teacher cache"
+    try:
+        record = checkpoint.load(source.path)
+    except Exception as exc:
+        raise ConfigError(f"{key}: cannot read {source.path} as a checkpoint ({exc}).") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ConfigError(
+            f"{key}: {source.path} is not a seal-exp teacher checkpoint (expected format {FORMAT}). "
+            "Teachers come from `python -m seal_exp.train stage=teacher`."
+        )
+    want = expected_identity(cfg)
+    problems = [
+        f"{k}: the checkpoint has {record.get(k)!r}, this run needs {v!r}"
+        for k, v in want.items()
+        if record.get(k) != v
+    ]
+    model_cfg = json.dumps(_plain(cfg.teacher.model), sort_keys=True)
+    if not problems and record.get("model") != model_cfg:
+        problems.append(
+            f"architecture settings: the checkpoint has {record.get('model')}, teacher.model is {model_cfg}"
+        )
+    if problems:
+        raise ConfigError(
+            f"{key}: {source.path} does not fit this run:\n  - "
+            + "\n  - ".join(problems)
+            + "\nPoint teacher.checkpoint at a teacher trained for this dataset and architecture, or set "
+            "teacher.checkpoint=null to train one (it is cached for later runs)."
+        )
+    teacher.load_state_dict(record["state_dict"])
+    return {k: v for k, v in record.items() if k != "state_dict"}
+
+
+def save(teacher: nn.Module, path: Path, cfg: DictConfig, **accuracy: Any) -> dict[str, Any]:
+    """Write the trained teacher with the record that :func:`load_into` checks."""
+    record = {
+        "format": FORMAT,
+        **expected_identity(cfg),
+        "model": json.dumps(_plain(cfg.teacher.model), sort_keys=True),
+        "seed": int(cfg.seed),
+        "cache_key": cache_key(cfg),
+        **accuracy,
+    }
+    checkpoint.atomic_save({**record, "state_dict": teacher.state_dict()}, path)
+    log.info("teacher saved to %s", path)
+    return record

@@ -1,0 +1,326 @@
+"""``python -m seal_exp.train``: distil an ANN teacher into a spiking student (or, ``stage=teacher``,
+train only the teacher).
+
+:func:`train` is a plain function of a composed config, which tests call directly; :func:`main` is the
+thin Hydra wrapper. Everything configurable is built and checked by :func:`prepare` before any data is
+read or any GPU touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from filelock import FileLock
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from seal_exp import report
+from seal_exp import teacher as teachers
+from seal_exp.config import ConfigError, build, flatten, invalid
+from seal_exp.data import make_loader
+from seal_exp.distillers.base import Distiller
+from seal_exp.engine import FitResult, LoopSettings, TrainerSettings, evaluate, fit
+from seal_exp.models import build_student, build_teacher
+from seal_exp.models.neurons import kernel_in_use
+from seal_exp.seeding import isolated_torch_rng, seed_everything
+from seal_exp.tracking import git_tags, job_context
+
+log = logging.getLogger("seal_exp")
+
+STAGES = ("distill", "teacher")
+
+
+@dataclass
+class Plan:
+    """Every object of a run, built and validated from the config, before any data is read."""
+
+    stage: str
+    seed: int
+    settings: TrainerSettings
+    device: torch.device
+    dataset: Any
+    tracker: Any
+    student: nn.Module | None = None
+    distiller: Distiller | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    teacher: nn.Module | None = None
+    teacher_source: teachers.TeacherSource | None = None
+    teacher_record: dict[str, Any] | None = None
+    teacher_loop: LoopSettings | None = None
+    teacher_optimizer: torch.optim.Optimizer | None = None
+    teacher_scheduler: Any = None
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Build and check everything a run needs, reading no data: a bad setting stops the run here."""
+    if cfg.stage not in STAGES:
+        raise invalid("stage", cfg.stage, f"choose one of {', '.join(STAGES)}")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise invalid("seed", cfg.seed, "use an integer >= 0")
+    settings = build(cfg.trainer, "trainer")
+    plan = Plan(
+        stage=cfg.stage,
+        seed=cfg.seed,
+        settings=settings,
+        device=settings.resolve_device(),
+        dataset=build(cfg.dataset, "dataset"),
+        tracker=build(cfg.tracking, "tracking"),
+    )
+    try:
+        distiller_cls = get_class(cfg.distiller._target_)
+    except Exception as exc:
+        raise ConfigError(f"distiller._target_={cfg.distiller._target_}: cannot import it ({exc})") from exc
+    needs_teacher = cfg.stage == "teacher" or distiller_cls.requires_teacher
+    if cfg.stage == "distill":
+        with isolated_torch_rng(cfg.seed):
+            plan.student = build_student(cfg)
+    if needs_teacher:
+        with isolated_torch_rng(cfg.seed):
+            plan.teacher = build_teacher(cfg)
+        plan.teacher_source = source = teachers.locate(cfg)
+        if source.needs_training:
+            plan.teacher_loop = build(cfg.teacher.recipe, "teacher.recipe")
+            plan.teacher_optimizer = build(cfg.teacher.optim, "teacher.optim", modules=[plan.teacher])
+            plan.teacher_scheduler = build(
+                cfg.teacher.sched, "teacher.sched", optimizer=plan.teacher_optimizer
+            )
+        else:
+            plan.teacher_record = teachers.load_into(plan.teacher, source, cfg)
+    if cfg.stage == "distill":
+        plan.distiller = build(cfg.distiller, "distiller", student=plan.student, teacher=plan.teacher)
+        plan.optimizer = build(cfg.optim, "optim", modules=plan.distiller.learnable_modules())
+        plan.scheduler = build(cfg.sched, "sched", optimizer=plan.optimizer)
+    return plan
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job and return its summary (also written to ``<output>/summary.json``)."""
+    started = time.perf_counter()
+    seed_everything(cfg.seed if isinstance(cfg.seed, int) else 0)
+    plan = prepare(cfg)
+    out = Path(str(cfg.paths.output))
+    out.mkdir(parents=True, exist_ok=True)
+    context = job_context()
+    model = plan.student if plan.student is not None else plan.teacher
+    tags = {
+        "stage": plan.stage,
+        "distiller": cfg.distiller._target_.rsplit(".", 1)[-1] if plan.stage == "distill" else "-",
+        "device": str(plan.device),
+        "spikingjelly.lif_implementation": kernel_in_use(model, plan.device),
+        "torch.version": torch.__version__,
+        "output_dir": str(out.resolve()),
+        **git_tags(),
+        **context["tags"],
+    }
+    params = flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"})
+    run_name = f"{plan.stage}:{tags['distiller']}" if plan.stage == "distill" else "teacher"
+    plan.tracker.start(run_name, params, tags, context["parent_run_id"])
+    try:
+        plan.tracker.log_artifact(out / ".hydra", ".hydra")
+        summary = _execute(cfg, plan, out)
+        summary["wall_s"] = round(time.perf_counter() - started, 2)
+        summary["mlflow_run_id"] = plan.tracker.run_id
+        report.write_summary(out / "summary.json", summary)
+        plan.tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
+        for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
+            plan.tracker.log_artifact(out / name)
+    except BaseException as exc:
+        plan.tracker.finish(
+            "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", traceback.format_exc()
+        )
+        raise
+    plan.tracker.finish("FINISHED")
+    print(_last_line(summary, out, plan.tracker.run_id), flush=True)
+    return summary
+
+
+def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
+    settings, device = plan.settings, plan.device
+    log.info("loading %s", cfg.dataset.name)
+    data = plan.dataset.load()
+    log.info(
+        "%s: %d train / %d val / %d test (split %s)",
+        cfg.dataset.name,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        data.split_id,
+    )
+
+    def eval_loader(part: Any) -> Any:
+        return make_loader(
+            part, settings.eval_batch_size, shuffle=False, seed=plan.seed, num_workers=settings.num_workers
+        )
+
+    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
+    summary: dict[str, Any] = {
+        "stage": plan.stage,
+        "dataset": str(cfg.dataset.name),
+        "data_split_id": data.split_id,
+    }
+
+    if plan.teacher is not None:
+        plan.teacher.to(device)
+        if plan.teacher_source.needs_training:
+            plan.teacher_record = _train_teacher(cfg, plan, data, val_loader, test_loader)
+        elif plan.teacher_record.get("data_split_id") not in (None, data.split_id):
+            log.warning(
+                "the teacher was trained on a different split (%s, this run: %s): its test accuracy "
+                "may be optimistic",
+                plan.teacher_record["data_split_id"],
+                data.split_id,
+            )
+        teacher_test = evaluate(plan.teacher, test_loader, device, settings.limit_eval_batches).acc
+        plan.tracker.log_metrics({"teacher/test/acc": teacher_test}, step=0)
+        summary |= {
+            "teacher_test_acc": teacher_test,
+            "teacher_checkpoint": str(plan.teacher_source.path),
+            "teacher_origin": "trained" if plan.teacher_source.needs_training else plan.teacher_source.origin,
+        }
+        log.info("teacher (%s) test accuracy %.2f%%", summary["teacher_origin"], teacher_test)
+    else:
+        summary["teacher_test_acc"] = None
+
+    if plan.stage == "teacher":
+        summary["epochs"] = int(cfg.teacher.recipe.epochs)
+        return summary
+
+    seed_everything(plan.seed)  # same student data order whether the teacher was trained, cached or absent
+    train_loader = make_loader(
+        data.train, settings.batch_size, shuffle=True, seed=plan.seed, num_workers=settings.num_workers
+    )
+    plan.distiller.to(device)
+    result = fit(
+        objective=plan.distiller,
+        model=plan.student,
+        optimizer=plan.optimizer,
+        scheduler=plan.scheduler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        settings=settings,
+        device=device,
+        progress=settings.progress,
+        progress_every=settings.progress_every,
+        sink=plan.tracker.log_metrics,
+        name="student",
+        test_every_epoch=settings.test_every_epoch,
+        checkpoint_dir=out,
+    )
+    return summary | _student_summary(cfg, result, out, summary["teacher_test_acc"])
+
+
+def _train_teacher(
+    cfg: DictConfig, plan: Plan, data: Any, val_loader: Any, test_loader: Any
+) -> dict[str, Any]:
+    """Train the teacher into the cache, unless a parallel job finished the same one while we waited."""
+    path = plan.teacher_source.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            log.info("another job trained this teacher meanwhile; reusing %s", path)
+            return teachers.load_into(plan.teacher, plan.teacher_source, cfg)
+        loop = plan.teacher_loop
+        log.info(
+            "training the %s teacher for %d epochs (cached afterwards at %s)",
+            cfg.teacher.arch,
+            loop.epochs,
+            path,
+        )
+        seed_everything(plan.seed)
+        train_loader = make_loader(
+            data.train, loop.batch_size, shuffle=True, seed=plan.seed, num_workers=plan.settings.num_workers
+        )
+        result = fit(
+            objective=teachers.Supervised(plan.teacher),
+            model=plan.teacher,
+            optimizer=plan.teacher_optimizer,
+            scheduler=plan.teacher_scheduler,
+            train_loader=train_loader,
+            val_loader=val_loader,
+            test_loader=test_loader,
+            settings=loop,
+            device=plan.device,
+            progress=plan.settings.progress,
+            progress_every=plan.settings.progress_every,
+            sink=lambda metrics, step: plan.tracker.log_metrics(
+                {f"teacher/{k}": v for k, v in metrics.items()}, step
+            ),
+            name="teacher",
+            test_every_epoch=False,
+        )
+        return teachers.save(
+            plan.teacher,
+            path,
+            cfg,
+            val_acc=result.best_val_acc,
+            test_acc=result.test_best.acc,
+            best_epoch=result.best_epoch,
+            data_split_id=data.split_id,
+        )
+
+
+def _student_summary(
+    cfg: DictConfig, result: FitResult, out: Path, teacher_acc: float | None
+) -> dict[str, Any]:
+    report.write_epochs_csv(out / "epochs.csv", result.history)
+    report.plot_accuracy_per_timestep(
+        out / "per_timestep_accuracy.png",
+        result.test_best.per_timestep,
+        result.test_best.prefix_mean,
+        teacher_acc,
+        title=f"{cfg.dataset.name}, T={cfg.neuron.T}, {cfg.distiller._target_.rsplit('.', 1)[-1]} "
+        f"(model selected on validation)",
+    )
+    return {
+        "test_acc": result.test_best.acc,
+        "test_acc_last": result.test_last.acc,
+        "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "best_test_acc_over_epochs": result.best_test_acc_over_epochs,
+        "per_timestep_test_acc": result.test_best.per_timestep,
+        "prefix_mean_test_acc": result.test_best.prefix_mean,
+        "selection": "test_acc: the epoch with the best validation accuracy; test_acc_last: the last epoch; "
+        "best_test_acc_over_epochs: the papers' (optimistic) best test accuracy over epochs",
+        "epochs": len(result.history),
+        "T": int(cfg.neuron.T),
+        "distiller": str(cfg.distiller._target_),
+        "seed": int(cfg.seed),
+        "output_dir": str(out.resolve()),
+    }
+
+
+def _last_line(summary: dict[str, Any], out: Path, run_id: str | None) -> str:
+    where = f"run folder {out}" + (f" | MLflow run {run_id} (make ui)" if run_id else "")
+    teacher = summary.get("teacher_test_acc")
+    if summary["stage"] == "teacher":
+        return f"teacher test accuracy {teacher:.2f}% | checkpoint {summary['teacher_checkpoint']} | {where}"
+    teacher_part = f", teacher {teacher:.2f}%" if teacher is not None else ""
+    return (
+        f"student test accuracy {summary['test_acc']:.2f}% (selected on validation; last epoch "
+        f"{summary['test_acc_last']:.2f}%){teacher_part} | {where}"
+    )
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        summary = train(cfg)
+    except ConfigError as exc:
+        print(f"seal-exp: configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return summary.get("test_acc", summary.get("teacher_test_acc"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared helpers: tests compose the real conf/ and shrink it with overrides, as users do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from seal_exp.config import CONF_DIR
+
+REPO = CONF_DIR.parent
+
+
+def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = None) -> DictConfig:
+    """The composed ``train`` config with every path under ``root`` (no project files are touched)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.root={root}",
+                f"paths.output={output or root / 'out'}",
+                "trainer.progress=false",
+                *overrides,
+            ],
+        )
+
+
+def run_cli(args: Sequence[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m seal_exp.train ARGS`` in a fresh interpreter, as a user would run it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "seal_exp.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One project root for the session, so smoke runs share the teacher cache and MLflow store."""
+    return tmp_path_factory.mktemp("project")
+
+
+SMOKE = ("dataset=digits", "debug=smoke")

@@ -1,0 +1,62 @@
+"""The command line as users run it: `python -m seal_exp.train ...` in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import SMOKE, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_cli_run_prints_accuracy_and_location_last(tmp_path):
+    proc = run_cli([*SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("student test accuracy ") and "teacher" in last and "MLflow run" in last
+    (summary_path,) = (tmp_path / "outputs").glob("*/*/summary.json")
+    assert str(summary_path.parent) in last
+    summary = json.loads(summary_path.read_text())
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["hydra.overrides"] == f"dataset=digits debug=smoke paths.root={tmp_path}"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= artifacts
+
+
+def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
+    proc = run_cli(["-m", "distiller.alpha=0.3,0.6", *SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "seal-exp/digits"]
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.params["distiller.alpha"] for r in children) == ["0.3", "0.6"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert sorted(r.data.tags["hydra.job.num"] for r in children) == ["0", "1"]
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_unknown_group_option_lists_the_valid_ones(tmp_path):
+    proc = run_cli(["distiller=bogus", f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'distiller/bogus'" in proc.stderr
+    assert "kd" in proc.stderr and "none" in proc.stderr and "seal" in proc.stderr
+
+
+def test_bad_value_exits_with_a_one_line_message_naming_key_and_file(tmp_path):
+    proc = run_cli(["distiller.alpha=-0.3", f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "seal-exp: configuration error: distiller.alpha=-0.3 is invalid: the ELA weight must be >= 0. "
+        "[conf/distiller/seal.yaml; command line: distiller.alpha=-0.3]"
+    )
+    assert not Path(tmp_path, "mlflow.db").exists()

@@ -1,0 +1,215 @@
+"""Whole runs through train(cfg): every distiller, the teacher cache, MLflow records and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from seal_exp import checkpoint
+from seal_exp.config import ConfigError
+from seal_exp.data.embedded import EmbeddedImages
+from seal_exp.distillers.seal import SeAl
+from seal_exp.engine import NonFiniteLoss
+from seal_exp.train import train
+from tests.conftest import SMOKE, make_cfg
+
+SUMMARY_KEYS = {
+    "test_acc",
+    "test_acc_last",
+    "best_val_acc",
+    "teacher_test_acc",
+    "per_timestep_test_acc",
+    "epochs",
+    "wall_s",
+    "mlflow_run_id",
+}
+
+
+def runs_in(root: Path) -> list:
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+@pytest.mark.parametrize("distiller", ["none", "kd", "seal"])
+def test_smoke_run_of_each_distiller(shared_root, tmp_path, distiller):
+    summary = train(
+        make_cfg(shared_root, [*SMOKE, f"distiller={distiller}", "tracking=none"], output=tmp_path)
+    )
+    assert summary.keys() >= SUMMARY_KEYS
+    assert len(summary["per_timestep_test_acc"]) == 4
+    assert 0 <= summary["test_acc"] <= 100
+    assert (summary["teacher_test_acc"] is None) == (distiller == "none")
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["test_acc"] == summary["test_acc"] and on_disk["mlflow_run_id"] is None
+    for name in ("epochs.csv", "per_timestep_accuracy.png", "last.pt", "best.pt"):
+        assert (tmp_path / name).is_file(), name
+
+
+def test_last_checkpoint_loads_with_weights_only(shared_root, tmp_path):
+    train(make_cfg(shared_root, [*SMOKE, "tracking=none", "trainer.epochs=2"], output=tmp_path))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "best_val_acc"} <= state.keys()
+    assert not list(tmp_path.glob(".*.tmp")), "atomic writes leave no temporary files behind"
+
+
+def test_none_does_not_build_or_train_a_teacher(tmp_path):
+    train(make_cfg(tmp_path, [*SMOKE, "distiller=none", "tracking=none"]))
+    assert not (tmp_path / ".cache").exists()
+
+
+def test_teacher_is_trained_once_then_reused_from_the_cache(tmp_path):
+    first = train(make_cfg(tmp_path, [*SMOKE, "tracking=none"], output=tmp_path / "a"))
+    cached = list((tmp_path / ".cache" / "teachers").glob("digits-cnn-*.pt"))
+    assert first["teacher_origin"] == "trained" and len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    second = train(make_cfg(tmp_path, [*SMOKE, "tracking=none", "distiller=kd"], output=tmp_path / "b"))
+    assert second["teacher_origin"] == "cache"
+    assert second["teacher_checkpoint"] == str(cached[0])
+    assert cached[0].stat().st_mtime_ns == stamp
+    assert second["teacher_test_acc"] == first["teacher_test_acc"]
+    # a different recipe is a different teacher
+    third = train(
+        make_cfg(tmp_path, [*SMOKE, "tracking=none", "teacher.optim.lr=0.01"], output=tmp_path / "c")
+    )
+    assert third["teacher_origin"] == "trained"
+    assert len(list((tmp_path / ".cache" / "teachers").glob("*.pt"))) == 2
+
+
+def test_student_results_do_not_depend_on_where_the_teacher_came_from(tmp_path):
+    """Same seed, same config: the run that trained the teacher and the run that reused it agree."""
+    a = train(make_cfg(tmp_path, [*SMOKE, "tracking=none", "trainer.epochs=2"], output=tmp_path / "a"))
+    b = train(make_cfg(tmp_path, [*SMOKE, "tracking=none", "trainer.epochs=2"], output=tmp_path / "b"))
+    assert (a["teacher_origin"], b["teacher_origin"]) == ("trained", "cache")
+    assert a["test_acc"] == b["test_acc"] and a["per_timestep_test_acc"] == b["per_timestep_test_acc"]
+    sa, sb = torch.load(tmp_path / "a" / "last.pt"), torch.load(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+
+
+def test_stage_teacher_trains_only_the_teacher_and_a_checkpoint_can_be_reused(tmp_path):
+    summary = train(make_cfg(tmp_path, [*SMOKE, "stage=teacher", "tracking=none"], output=tmp_path / "t"))
+    assert summary["stage"] == "teacher" and "test_acc" not in summary
+    ckpt = Path(summary["teacher_checkpoint"])
+    record = checkpoint.load(ckpt)
+    assert record["arch"] == "cnn" and record["dataset"] == "digits" and record["num_classes"] == 10
+    assert 0 <= record["test_acc"] <= 100 and not (tmp_path / "t" / "last.pt").exists()
+    reused = train(make_cfg(tmp_path / "other", [*SMOKE, "tracking=none", f"teacher.checkpoint={ckpt}"]))
+    assert reused["teacher_origin"] == "checkpoint"
+
+
+def test_a_mismatching_teacher_checkpoint_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    summary = train(make_cfg(tmp_path, [*SMOKE, "stage=teacher", "tracking=none"]))
+    ckpt = summary["teacher_checkpoint"]
+    monkeypatch.setattr(EmbeddedImages, "load", lambda self: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match=r"dataset: the checkpoint has 'digits', this run needs 'mnist5k'"):
+        train(make_cfg(tmp_path, ["tracking=none", f"teacher.checkpoint={ckpt}"]))
+    with pytest.raises(ConfigError, match="architecture settings"):
+        train(
+            make_cfg(
+                tmp_path,
+                [*SMOKE, "tracking=none", f"teacher.checkpoint={ckpt}", "teacher.model.channels=[8,16]"],
+            )
+        )
+    with pytest.raises(ConfigError, match="no such file"):
+        train(make_cfg(tmp_path, [*SMOKE, "tracking=none", f"teacher.checkpoint={tmp_path}/missing.pt"]))
+    junk = tmp_path / "junk.pt"
+    torch.save({"state_dict": {}}, junk)
+    with pytest.raises(ConfigError, match="not a seal-exp teacher checkpoint"):
+        train(make_cfg(tmp_path, [*SMOKE, "tracking=none", f"teacher.checkpoint={junk}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distiller.alpha=-0.3", r"distiller\.alpha=-0\.3 is invalid: the ELA weight must be >= 0"),
+        ("distiller.beta=-1", r"distiller\.beta=-1 is invalid"),
+        ("neuron.T=0", r"neuron\.T=0 is invalid: the number of timesteps must be an integer >= 1"),
+        ("neuron.decay=1.5", r"neuron\.decay=1\.5 is invalid"),
+        (
+            "+distiller.gamma=1",
+            r"distiller\.gamma is not a known key for seal_exp\.distillers\.seal\.SeAl.*"
+            r"Accepted keys: alpha, beta, tau, hard_loss",
+        ),
+        ("+neuron.alpha=2", r"neuron\.alpha is not a known key"),
+        ("+trainer.epoch=3", r"trainer\.epoch is not a known key"),
+        ("trainer.epochs=0", r"trainer\.epochs=0 is invalid"),
+        ("optim.lr=-0.1", r"optim\.lr=-0\.1 is invalid"),
+        ("stage=student", r"stage='student' is invalid: choose one of distill, teacher"),
+        ("dataset.num_classes=7", r"dataset\.num_classes=7 is invalid"),
+        ("tracking.uri=sqlite:///relative.db", r"tracking\.uri=.* is invalid: use an absolute path"),
+    ],
+)
+def test_bad_input_is_refused_before_data_or_tracking(tmp_path, monkeypatch, override, message):
+    monkeypatch.setattr(EmbeddedImages, "load", lambda self: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg(tmp_path, [*SMOKE, override]))
+    assert not (tmp_path / "mlflow.db").exists(), "a refused config must not leave a tracked run"
+
+
+def test_unknown_key_without_plus_is_refused_by_hydra(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"distiller\.gamma"):
+        make_cfg(tmp_path, ["distiller.gamma=1"])
+
+
+def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
+    summary = train(make_cfg(tmp_path, [*SMOKE, "trainer.epochs=2"]))
+    (run,) = runs_in(tmp_path)
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    params = run.data.params
+    assert (
+        params["distiller.alpha"] == "0.6"
+        and params["neuron.T"] == "4"
+        and params["dataset.name"] == "digits"
+    )
+    assert params["distiller._target_"] == "seal_exp.distillers.seal.SeAl"
+    assert "hydra" not in {k.split(".")[0] for k in params}
+    assert run.data.tags["stage"] == "distill" and run.data.tags["spikingjelly.lif_implementation"]
+    assert "git.commit" in run.data.tags
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert [m.step for m in history] == [1, 2]
+    for key in (
+        "train/ce",
+        "train/ela",
+        "train/sta",
+        "val/acc_t1",
+        "val/acc_t4",
+        "lr",
+        "teacher/val/acc",
+        "teacher/test/acc",
+    ):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "epochs.csv", "per_timestep_accuracy.png"} <= artifacts
+    assert client.get_experiment(run.info.experiment_id).name == "seal-exp/digits"
+
+
+def test_a_crashing_run_is_marked_failed_with_its_traceback(tmp_path, monkeypatch):
+    def broken(self, x, y):
+        raise RuntimeError("simulated crash inside the loss")
+
+    monkeypatch.setattr(SeAl, "forward", broken)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(make_cfg(tmp_path, [*SMOKE]))
+    failed = [r for r in runs_in(tmp_path) if r.info.status == "FAILED"]
+    assert len(failed) == 1
+    assert "simulated crash inside the loss" in failed[0].data.tags["error"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert "traceback.txt" in {a.path for a in client.list_artifacts(failed[0].info.run_id)}
+
+
+def test_a_non_finite_loss_stops_the_run_naming_step_and_terms(tmp_path, monkeypatch):
+    original = SeAl.forward
+
+    def exploding(self, x, y):
+        logits, terms = original(self, x, y)
+        return logits, {**terms, "ela": terms["ela"] * float("nan")}
+
+    monkeypatch.setattr(SeAl, "forward", exploding)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 0 .*ela=nan.*no checkpoint yet"):
+        train(make_cfg(tmp_path, [*SMOKE, "tracking=none"]))
