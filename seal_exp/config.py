@@ -61,6 +61,9 @@ def _origin(key: str) -> str:
     choice = hc.runtime.choices.get(group) if hc.runtime.choices else None
     if choice:
         parts.append(f"conf/{group}/{choice}.yaml")
+    overlays = [f"{g}={hc.runtime.choices[g]}" for g in ("experiment", "debug") if hc.runtime.choices.get(g)]
+    if overlays:
+        parts.append(f"overlays: {', '.join(overlays)}")
     overridden = [o for o in hc.overrides.task if o.lstrip("+~").split("=")[0] == key]
     if overridden:
         parts.append(f"command line: {overridden[-1]}")

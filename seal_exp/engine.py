@@ -8,7 +8,6 @@ progress-bar refresh every few steps for the human watching).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -273,7 +272,7 @@ def fit(
         improved = val.acc > best_val
         if improved:
             best_val, best_epoch = val.acc, epoch
-            best_state = copy.deepcopy({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         metrics["epoch_s"] = time.perf_counter() - start
         sink(metrics, epoch)
         history.append({"epoch": epoch, **metrics})

@@ -106,7 +106,6 @@ def prepare(cfg: DictConfig) -> Plan:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one job and return its summary (also written to ``<output>/summary.json``)."""
     started = time.perf_counter()
-    seed_everything(cfg.seed if isinstance(cfg.seed, int) else 0)
     plan = prepare(cfg)
     out = Path(str(cfg.paths.output))
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **git_tags(),
         **context["tags"],
     }
-    params = flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"})
+    params = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     run_name = f"{plan.stage}:{tags['distiller']}" if plan.stage == "distill" else "teacher"
     plan.tracker.start(run_name, params, tags, context["parent_run_id"])
     try:
@@ -135,9 +134,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
             plan.tracker.log_artifact(out / name)
     except BaseException as exc:
-        plan.tracker.finish(
-            "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", traceback.format_exc()
-        )
+        try:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            plan.tracker.finish(status, traceback.format_exc())
+        except Exception:  # never let the tracker hide the real error
+            log.exception("could not close the tracked run")
         raise
     plan.tracker.finish("FINISHED")
     print(_last_line(summary, out, plan.tracker.run_id), flush=True)
@@ -173,14 +174,16 @@ def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
         plan.teacher.to(device)
         if plan.teacher_source.needs_training:
             plan.teacher_record = _train_teacher(cfg, plan, data, val_loader, test_loader)
-        elif plan.teacher_record.get("data_split_id") not in (None, data.split_id):
+            teacher_test = plan.teacher_record["test_acc"]
+        else:  # measured on this run's test split, whatever split it was trained with
+            teacher_test = evaluate(plan.teacher, test_loader, device, settings.limit_eval_batches).acc
+        if plan.teacher_record.get("data_split_id") not in (None, data.split_id):
             log.warning(
                 "the teacher was trained on a different split (%s, this run: %s): its test accuracy "
                 "may be optimistic",
                 plan.teacher_record["data_split_id"],
                 data.split_id,
             )
-        teacher_test = evaluate(plan.teacher, test_loader, device, settings.limit_eval_batches).acc
         plan.tracker.log_metrics({"teacher/test/acc": teacher_test}, step=0)
         summary |= {
             "teacher_test_acc": teacher_test,
