@@ -32,7 +32,7 @@ def ela_loss(
     T, B, K = student_logits.shape
     classes = torch.arange(K, device=student_logits.device)
     pred = student_logits.argmax(-1, keepdim=True)  # [T, B, 1]
-    true = labels.view(1, B, 1).expand(T, B, 1)
+    true = labels.reshape(1, B, 1).expand(T, B, 1)
     wrong = pred != true
     at_pred = (classes == pred) & wrong  # the top-1 wrong class, at erroneous steps only
     at_true = (classes == true) & wrong
