@@ -39,9 +39,6 @@ class NoTracker:
     ) -> None:
         """Nothing to open."""
 
-    def open_parent(self, run_name: str, tags: dict[str, str]) -> None:
-        return None
-
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Nothing to record."""
 
