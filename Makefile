@@ -9,13 +9,15 @@ PYTEST_ARGS ?=
 PORT ?= 5000
 SWEEP ?= distiller.alpha=0.3,0.6 neuron.T=2,4 trainer.epochs=3
 
-.PHONY: help install train test sweep ui lint clean
+.PHONY: help install train test sweep ui lint clean models bench
 
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make test    the test suite (~3 min on 2 CPU cores)"
 	@echo "make sweep   a small local multirun ($(SWEEP)), one MLflow parent run"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"
+	@echo "make models  every student and teacher with its parameter count (ARGS: dataset overrides)"
+	@echo "make bench   speed figures: the static-input stem computed once vs at every timestep"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove Python caches and build leftovers (runs, mlflow.db and the teacher cache are kept)"
 	@echo "Pass Hydra overrides with ARGS=\"...\"."
@@ -35,6 +37,12 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(BIN)/python -m seal_exp.train -m $(SWEEP) $(ARGS)
+
+models: $(STAMP)
+	$(BIN)/python -m seal_exp.models $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m seal_exp.bench stem-once $(ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

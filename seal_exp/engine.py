@@ -40,7 +40,12 @@ class LoopSettings:
     limit_eval_batches: int | None = None
 
     def __post_init__(self) -> None:
-        require(self.epochs >= 1, "epochs", self.epochs, "train for at least one epoch")
+        require(
+            isinstance(self.epochs, int) and self.epochs >= 0,
+            "epochs",
+            self.epochs,
+            "use an integer >= 1 (0 only for a teacher whose pretrained weights are used as they are)",
+        )
         require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
         for name in ("limit_train_batches", "limit_eval_batches"):
@@ -60,6 +65,7 @@ class TrainerSettings(LoopSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.epochs >= 1, "epochs", self.epochs, "train the student for at least one epoch")
         require(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
             "device",

@@ -1,9 +1,9 @@
 """The ANN teacher: loaded from ``teacher.checkpoint``, reused from the cache, or trained once and cached.
 
 The cache key covers everything that decides the teacher's weights: the dataset config, the
-architecture, the teacher recipe (loop, optimiser, schedule) and the seed. A checkpoint records
-architecture, dataset, class count and accuracy, and a checkpoint that does not fit the run is refused
-before any data is read.
+architecture, the teacher recipe (loop, optimiser, schedule), the seed and the content of any initial
+weights file. A checkpoint records architecture, dataset, class count and accuracy, and a checkpoint
+that does not fit the run is refused before any data is read.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ def _plain(node: DictConfig) -> Any:
     return OmegaConf.to_container(node, resolve=True)
 
 
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def cache_key(cfg: DictConfig) -> str:
     identity = {
         "format": FORMAT,
@@ -63,6 +68,9 @@ def cache_key(cfg: DictConfig) -> str:
         "sched": _plain(cfg.teacher.sched),
         "seed": cfg.seed,
     }
+    weights = cfg.teacher.model.get("weights")
+    if weights and Path(str(weights)).expanduser().is_file():  # initial weights from a file: its content
+        identity["weights_sha256"] = _file_digest(Path(str(weights)).expanduser())
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

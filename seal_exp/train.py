@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "stage": plan.stage,
         "distiller": cfg.distiller._target_.rsplit(".", 1)[-1] if plan.stage == "distill" else "-",
         "device": str(plan.device),
-        "spikingjelly.lif_implementation": kernel_in_use(model, plan.device),
+        "spikingjelly.kernel": kernel_in_use(model, plan.device),
         "torch.version": torch.__version__,
         "output_dir": str(out.resolve()),
         **git_tags(),
@@ -234,6 +234,19 @@ def _train_teacher(
             log.info("another job trained this teacher meanwhile; reusing %s", path)
             return teachers.load_into(plan.teacher, plan.teacher_source, cfg)
         loop = plan.teacher_loop
+        if loop.epochs == 0:  # pretrained weights (e.g. a timm file) used as they are
+            log.info("teacher.recipe.epochs=0: evaluating the initial weights and caching them untrained")
+            val = evaluate(plan.teacher, val_loader, plan.device, loop.limit_eval_batches)
+            test = evaluate(plan.teacher, test_loader, plan.device, loop.limit_eval_batches)
+            return teachers.save(
+                plan.teacher,
+                path,
+                cfg,
+                val_acc=val.acc,
+                test_acc=test.acc,
+                best_epoch=0,
+                data_split_id=data.split_id,
+            )
         log.info(
             "training the %s teacher for %d epochs (cached afterwards at %s)",
             cfg.teacher.arch,

@@ -10,7 +10,12 @@ from seal_exp.train import prepare
 from tests.conftest import make_cfg
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("local", "hydra"))
-OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
+# Nested groups too (neuron/surrogate): every option file under every group directory.
+OPTIONS = [
+    (f.parent.relative_to(CONF_DIR).as_posix(), f.stem)
+    for g in GROUPS
+    for f in sorted((CONF_DIR / g).rglob("*.yaml"))
+]
 
 
 def test_the_groups_of_the_defaults_list_exist():
@@ -25,7 +30,12 @@ def test_the_groups_of_the_defaults_list_exist():
         "trainer",
         "tracking",
         "debug",
+        "teacher_recipe",
     } <= set(GROUPS)
+    neuron_options = {f"{g}/{o}".removeprefix("neuron/") for g, o in OPTIONS if g.startswith("neuron")}
+    assert {"lif", "plif", "if"} | {f"surrogate/{s}" for s in ("sigmoid", "atan", "triangle", "rect")} <= (
+        neuron_options
+    )
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

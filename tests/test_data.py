@@ -34,7 +34,7 @@ def test_split_depends_only_on_its_seed():
 
 
 def test_mnist5k_is_real_mnist_with_the_published_split():
-    data = MNIST5k("mnist5k", 10, 1).load()
+    data = MNIST5k("mnist5k", 10, 1, 28).load()
     assert (len(data.train), len(data.val), len(data.test)) == (4000, 500, 500)
     x, y = data.train.tensors
     assert x.shape == (4000, 1, 28, 28) and y.unique().tolist() == list(range(10))
@@ -45,10 +45,12 @@ def test_mnist5k_is_real_mnist_with_the_published_split():
 
 
 def test_digits_loads_and_refuses_wrong_metadata():
-    data = Digits("digits", 10, 1).load()
+    data = Digits("digits", 10, 1, 8).load()
     assert data.train.tensors[0].shape[1:] == (1, 8, 8)
     assert len(data.train) + len(data.val) + len(data.test) == 1797
     with pytest.raises(InvalidArgument, match="num_classes"):
-        Digits("digits", 100, 1)
+        Digits("digits", 100, 1, 8)
     with pytest.raises(InvalidArgument, match="val_fraction"):
-        Digits("digits", 10, 1, val_fraction=0.6, test_fraction=0.5)
+        Digits("digits", 10, 1, 8, val_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(InvalidArgument, match="image_size"):
+        Digits("digits", 10, 1, 28)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -51,6 +52,73 @@ def test_lif_matches_the_reference_recurrence(decay, reset, detach_reset):
     (g_impl,) = torch.autograd.grad((spikes * w).sum(), x)
     (g_ref,) = torch.autograd.grad((expected * w).sum(), x)
     assert torch.allclose(g_impl, g_ref, atol=1e-12)
+
+
+# Surrogate derivatives dS/dH at u = H − V_th, written from their definitions (parameter p: alpha,
+# alpha, the triangle's half-width gamma, the rectangle's width).
+SURROGATE_GRADIENTS = {
+    "sigmoid": (2.5, lambda u, a: a * torch.sigmoid(a * u) * (1 - torch.sigmoid(a * u))),
+    "atan": (2.0, lambda u, a: a / (2 * (1 + (math.pi / 2 * a * u) ** 2))),
+    "triangle": (0.7, lambda u, g: torch.clamp(g - u.abs(), min=0) / g**2),
+    "rect": (1.6, lambda u, w: (u.abs() < w / 2).to(u.dtype) / w),
+}
+PARAMETER = {"sigmoid": "alpha", "atan": "alpha", "triangle": "gamma", "rect": "width"}
+
+
+def neuron_oracle(x, decay, v_th, hard, detach_reset, surrogate_grad):
+    """Loop over t: H = d·V + X; S = Θ(H − V_th) with dS/dH = surrogate_grad(H − V_th);
+    hard reset V = H·(1 − S), soft V = H − S·V_th (S detached in the reset when asked)."""
+    v = torch.zeros_like(x[0])
+    out = []
+    for t in range(x.shape[0]):
+        h = decay * v + x[t]
+        u = h - v_th
+        straight = u * surrogate_grad(u).detach()  # value-free carrier of the surrogate gradient
+        spike = (u >= 0).to(h.dtype) + (straight - straight.detach())
+        s_reset = spike.detach() if detach_reset else spike
+        v = h * (1 - s_reset) if hard else h - s_reset * v_th
+        out.append(spike)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["lif", "plif", "if"])
+@pytest.mark.parametrize("surrogate_name", sorted(SURROGATE_GRADIENTS))
+@pytest.mark.parametrize(("reset", "detach_reset"), [("hard", False), ("hard", True), ("soft", False)])
+def test_every_neuron_and_surrogate_follows_its_recurrence(
+    tmp_path, kind, surrogate_name, reset, detach_reset
+):
+    p, grad_fn = SURROGATE_GRADIENTS[surrogate_name]
+    overrides = [
+        f"neuron={kind}",
+        f"neuron/surrogate={surrogate_name}",
+        f"neuron.surrogate.{PARAMETER[surrogate_name]}={p}",
+        f"neuron.reset={reset}",
+        f"neuron.detach_reset={str(detach_reset).lower()}",
+        "neuron.v_threshold=0.8",
+    ]
+    if kind != "if":
+        overrides.append("neuron.decay=0.3")
+    node = neuron_factory(make_cfg(tmp_path, overrides))().to(torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x = (1.2 * torch.randn(5, 3, 8, generator=g, dtype=torch.float64)).requires_grad_(True)
+    weights = torch.randn(5, 3, 8, generator=g, dtype=torch.float64)
+    if kind == "plif":  # the oracle's decay is a function of the same learnable w
+        w = node.w.detach().clone().requires_grad_(True)
+        decay = 1 - torch.sigmoid(w)
+        assert torch.allclose(decay, torch.tensor(0.3, dtype=torch.float64))
+    else:
+        decay = {"lif": 0.3, "if": 1.0}[kind]
+    expected = neuron_oracle(x, decay, 0.8, reset == "hard", detach_reset, lambda u: grad_fn(u, p))
+    spikes = node(x)
+    assert torch.equal(spikes.detach(), expected.detach())
+    assert 0 < spikes.detach().mean() < 1
+    inputs = (x, node.w) if kind == "plif" else (x,)
+    grads = torch.autograd.grad((spikes * weights).sum(), inputs)
+    ref_inputs = (x, w) if kind == "plif" else (x,)
+    ref_grads = torch.autograd.grad((expected * weights).sum(), ref_inputs)
+    assert grads[0].abs().sum() > 0
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-12), (got - want).abs().max()
 
 
 def test_lif_refuses_impossible_settings():

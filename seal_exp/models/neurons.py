@@ -1,4 +1,9 @@
-"""Spiking neurons as the papers define them, on top of spikingjelly 2.0.0's multi-step kernels."""
+"""Spiking neurons as the papers define them, on top of spikingjelly 2.0.0's multi-step kernels.
+
+Every neuron is multi-step and time-major (``[T, B, ...]``), takes a hard or soft ``reset`` and a
+surrogate *constructor*, so that each layer builds its own surrogate and nothing learnable is ever
+shared between layers. The charge never scales its input (``decay_input=False``): ``H = d·V + X``.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,25 @@ from spikingjelly.activation_based import base, functional, neuron, surrogate
 
 from seal_exp.config import require
 
+SurrogateFactory = Callable[[], surrogate.SurrogateFunctionBase]
+
+RESETS = ("hard", "soft")
+
+
+def _reset_value(reset: str) -> float | None:
+    require(reset in RESETS, "reset", reset, "use 'hard' (to 0) or 'soft' (subtract the threshold)")
+    return 0.0 if reset == "hard" else None
+
+
+def _check_common(v_threshold: float) -> None:
+    require(v_threshold > 0, "v_threshold", v_threshold, "the firing threshold must be > 0")
+
 
 class LIF(neuron.LIFNode):
     """The reference LIF: ``H = decay·V + X``, spike when ``H ≥ v_threshold``, then reset.
 
     Configured by the decay factor the papers quote; spikingjelly's ``tau`` is derived from it
-    (``decay_input=False``, ``tau = 1/(1-decay)``). Always multi-step and time-major ``[T, B, ...]``.
-    Each instance builds its own surrogate, so nothing learnable is ever shared between layers.
+    (``tau = 1/(1-decay)``).
     """
 
     def __init__(
@@ -24,21 +41,84 @@ class LIF(neuron.LIFNode):
         v_threshold: float = 1.0,
         reset: str = "hard",
         detach_reset: bool = False,
-        surrogate: Callable[[], surrogate.SurrogateFunctionBase] = surrogate.Sigmoid,
+        surrogate: SurrogateFactory = surrogate.Sigmoid,
     ) -> None:
         require(0.0 < decay < 1.0, "decay", decay, "the membrane decay must lie strictly between 0 and 1")
-        require(v_threshold > 0, "v_threshold", v_threshold, "the firing threshold must be > 0")
-        require(reset in ("hard", "soft"), "reset", reset, "use 'hard' (to 0) or 'soft' (subtract threshold)")
+        _check_common(v_threshold)
         super().__init__(
             tau=1.0 / (1.0 - float(decay)),
             decay_input=False,
             v_threshold=float(v_threshold),
-            v_reset=0.0 if reset == "hard" else None,
+            v_reset=_reset_value(reset),
             surrogate_function=surrogate(),
             detach_reset=bool(detach_reset),
             step_mode="m",
         )
         self.decay = float(decay)
+
+
+class PLIF(neuron.ParametricLIFNode):
+    """LIF with a learnable decay per layer (Fang et al., 2021): ``decay = 1 − sigmoid(w)``.
+
+    ``decay`` is the initial value; each layer then learns its own.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.5,
+        v_threshold: float = 1.0,
+        reset: str = "hard",
+        detach_reset: bool = False,
+        surrogate: SurrogateFactory = surrogate.Sigmoid,
+    ) -> None:
+        require(0.0 < decay < 1.0, "decay", decay, "the initial decay must lie strictly between 0 and 1")
+        _check_common(v_threshold)
+        super().__init__(
+            init_tau=1.0 / (1.0 - float(decay)),
+            decay_input=False,
+            v_threshold=float(v_threshold),
+            v_reset=_reset_value(reset),
+            surrogate_function=surrogate(),
+            detach_reset=bool(detach_reset),
+            step_mode="m",
+        )
+
+    @property
+    def decay(self) -> torch.Tensor:
+        """The current (learned) decay factor."""
+        return 1.0 - self.w.sigmoid()
+
+
+class IF(neuron.IFNode):
+    """Integrate-and-fire, no leak: ``H = V + X``."""
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        reset: str = "hard",
+        detach_reset: bool = False,
+        surrogate: SurrogateFactory = surrogate.Sigmoid,
+    ) -> None:
+        _check_common(v_threshold)
+        super().__init__(
+            v_threshold=float(v_threshold),
+            v_reset=_reset_value(reset),
+            surrogate_function=surrogate(),
+            detach_reset=bool(detach_reset),
+            step_mode="m",
+        )
+
+
+def rect(width: float = 1.0) -> surrogate.Rect:
+    """Rectangular surrogate: gradient ``1/width`` on ``|H − V_th| < width/2``, 0 elsewhere."""
+    require(width > 0, "width", width, "the window width must be > 0")
+    return surrogate.Rect(alpha=1.0 / float(width))
+
+
+def triangle(gamma: float = 1.0) -> surrogate.PiecewiseQuadratic:
+    """Triangular surrogate: gradient ``max(0, γ − |H − V_th|) / γ²`` (area 1, half-width γ)."""
+    require(gamma > 0, "gamma", gamma, "the half-width must be > 0")
+    return surrogate.PiecewiseQuadratic(alpha=1.0 / float(gamma))
 
 
 def reset_spiking_state(model: torch.nn.Module) -> None:
@@ -52,8 +132,29 @@ def reset_spiking_state(model: torch.nn.Module) -> None:
             module.reset()
 
 
+# spikingjelly's kernel registry names, most specific class first (PLIF is not an LIF subclass).
+_KERNEL_NAMES: tuple[tuple[type, str], ...] = (
+    (neuron.ParametricLIFNode, "plif"),
+    (neuron.LIFNode, "lif"),
+    (neuron.IFNode, "if"),
+)
+
+
 def kernel_in_use(model: torch.nn.Module, device: torch.device) -> str:
-    """The spikingjelly implementation its LIF layers run on ``device`` (recorded with every run)."""
-    if not any(isinstance(m, neuron.LIFNode) for m in model.modules()):
+    """The spikingjelly implementation its neurons run on ``device`` (recorded with every run).
+
+    ``"none"`` for a network without neurons (an ANN); ``"lif=torch-reference"`` style otherwise,
+    one entry per neuron type present.
+    """
+    present: list[str] = []
+    for module in model.modules():
+        for cls, name in _KERNEL_NAMES:
+            if isinstance(module, cls):
+                if name not in present:
+                    present.append(name)
+                break
+    if not present:
         return "none"
-    return str(functional.neuron_implementation("lif", device)["implementation"])
+    return ",".join(
+        f"{name}={functional.neuron_implementation(name, device)['implementation']}" for name in present
+    )

@@ -1,0 +1,168 @@
+"""CIFAR-style ResNets (3×3 stride-1 stem, no max-pool): the spiking students resnet18/19/20 and the
+ANN teacher resnet19, which share one topology and differ only in the activation.
+
+Block: ``act(BN(conv3×3))`` → ``BN(conv3×3)`` → ``+ shortcut`` (1×1 conv + BN when the shape
+changes) → ``act`` after the add. Head: global average pool → Linear per timestep, optionally through
+a hidden Linear → act (resnet19). No output neuron: the logits are real-valued.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from spikingjelly.activation_based import functional, layer
+from torch import nn
+
+from seal_exp.config import require
+from seal_exp.models.ann import AnnNetwork, kaiming_conv
+from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, single_step
+
+Activation = Callable[[], nn.Module]
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, act: Activation) -> None:
+        super().__init__()
+        self.conv1 = layer.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = layer.BatchNorm2d(planes)
+        self.act1 = act()
+        self.conv2 = layer.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = layer.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                layer.Conv2d(in_planes, planes, 1, stride, bias=False), layer.BatchNorm2d(planes)
+            )
+        self.act2 = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+def _check_layout(widths: Sequence[int], blocks: Sequence[int], strides: Sequence[int]) -> None:
+    require(
+        len(widths) == len(blocks) == len(strides) >= 1,
+        "widths/blocks/strides",
+        [list(widths), list(blocks), list(strides)],
+        "give one width, block count and stride per stage",
+    )
+    require(
+        all(w >= 1 for w in widths) and all(b >= 1 for b in blocks), "widths", list(widths), "must be >= 1"
+    )
+    require(all(s in (1, 2) for s in strides), "strides", list(strides), "each stride must be 1 or 2")
+
+
+def residual_stages(
+    in_planes: int, widths: Sequence[int], blocks: Sequence[int], strides: Sequence[int], act: Activation
+) -> nn.Sequential:
+    """``layer1 … layerN`` of BasicBlocks; the first block of a stage carries its stride."""
+    _check_layout(widths, blocks, strides)
+    stages = OrderedDict()
+    for i, (width, count, stride) in enumerate(zip(widths, blocks, strides, strict=True), start=1):
+        stage = []
+        for j in range(count):
+            stage.append(BasicBlock(in_planes, width, stride if j == 0 else 1, act))
+            in_planes = width
+        stages[f"layer{i}"] = nn.Sequential(*stage)
+    return nn.Sequential(stages)
+
+
+def _head(width: int, hidden: int | None, num_classes: int, act: Activation) -> nn.Module:
+    if hidden is None:
+        return layer.Linear(width, num_classes)
+    require(hidden >= 1, "head_hidden", hidden, "use null (no hidden layer) or a width >= 1")
+    return nn.Sequential(layer.Linear(width, hidden), act(), layer.Linear(hidden, num_classes))
+
+
+def _init(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            kaiming_conv(m)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class SpikingResNet(SpikingNetwork):
+    """resnet18 (64/128/256/512, [2,2,2,2]), resnet19 (128/256/512, [3,3,2], hidden head 256) and
+    resnet20 ([3,3,3]) as multi-step spiking networks: conv3×3 stem → BN → neuron, BasicBlocks, GAP,
+    Linear per timestep. Stage outputs ``stem``, ``layer1`` … are tappable as ``[T, B, C, H, W]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Activation,
+        stem_width: int,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        strides: Sequence[int],
+        head_hidden: int | None = None,
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        require(stem_width >= 1, "stem_width", stem_width, "must be >= 1")
+        self.stem = StaticStem(
+            layer.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), layer.BatchNorm2d(stem_width)
+        )
+        self.stem_neuron = neuron()
+        self.layers = residual_stages(stem_width, widths, blocks, strides, neuron)
+        self.pool = layer.AdaptiveAvgPool2d(1)
+        self.flatten = layer.Flatten(start_dim=1)
+        self.head = _head(widths[-1], head_hidden, num_classes, neuron)
+        _init(self)
+        functional.set_step_mode(self, "m")
+        single_step(self.stem)
+        self.feature_stages = {
+            "stem": "stem_neuron",
+            **{name: f"layers.{name}" for name, _ in self.layers.named_children()},
+        }
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.flatten(self.pool(self.layers(self.stem_neuron(x)))))
+
+
+class AnnResNet(AnnNetwork):
+    """The same CIFAR-style topology with ReLU: the ANN teacher resnet19 of the DVS recipes."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        stem_width: int,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        strides: Sequence[int],
+        head_hidden: int | None = None,
+    ) -> None:
+        super().__init__()
+
+        def relu() -> nn.Module:
+            return nn.ReLU(inplace=True)
+
+        require(stem_width >= 1, "stem_width", stem_width, "must be >= 1")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), relu()
+        )
+        self.layers = residual_stages(stem_width, widths, blocks, strides, relu)
+        self.head = _head(widths[-1], head_hidden, num_classes, relu)
+        _init(self)
+        functional.set_step_mode(self, "s")
+        self.feature_stages = {
+            "stem": "stem",
+            **{name: f"layers.{name}" for name, _ in self.layers.named_children()},
+        }
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.head[-1] if isinstance(self.head, nn.Sequential) else self.head

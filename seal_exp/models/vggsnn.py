@@ -1,0 +1,77 @@
+"""VGGSNN, the common spiking VGG for 48×48 DVS frames (TET and the DVS baselines after it).
+
+conv3×3 → BN → neuron at 64, 128 | pool | 256, 256 | pool | 512, 512 | pool | 512, 512 | pool, with
+2×2 average pooling, then one Linear over the flattened ``512·(H/16)·(W/16)`` map per timestep.
+The convolutions keep their biases, as in the common implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from spikingjelly.activation_based import functional, layer
+from torch import nn
+
+from seal_exp.config import require
+from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, single_step
+
+LAYOUT: tuple[int | str, ...] = (64, 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512, "pool")
+
+
+def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return image_size, image_size
+    require(len(image_size) == 2, "image_size", list(image_size), "give one size or [height, width]")
+    return int(image_size[0]), int(image_size[1])
+
+
+class VGGSNN(SpikingNetwork):
+    """Stages ``block1`` … ``block4`` (each after its pooling) are tappable as ``[T, B, C, H, W]``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        image_size: int | Sequence[int],
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        height, width = _size(image_size)
+        pools = LAYOUT.count("pool")
+        h_out, w_out = height, width
+        for _ in range(pools):
+            h_out, w_out = h_out // 2, w_out // 2
+        require(
+            h_out >= 1 and w_out >= 1,
+            "image_size",
+            [height, width],
+            f"VGGSNN halves the input {pools} times; it needs at least {2**pools}×{2**pools} pixels",
+        )
+        first = LAYOUT[0]
+        assert isinstance(first, int)
+        self.stem = StaticStem(layer.Conv2d(in_channels, first, 3, 1, 1), layer.BatchNorm2d(first))
+        body: list[nn.Module] = [neuron()]
+        self.feature_stages = {}
+        channels = first
+        for item in LAYOUT[1:]:
+            if item == "pool":
+                body.append(layer.AvgPool2d(2))
+                self.feature_stages[f"block{len(self.feature_stages) + 1}"] = f"features.{len(body) - 1}"
+            else:
+                assert isinstance(item, int)
+                body += [layer.Conv2d(channels, item, 3, 1, 1), layer.BatchNorm2d(item), neuron()]
+                channels = item
+        self.features = nn.Sequential(*body)
+        self.flatten = layer.Flatten(start_dim=1)
+        self.classifier = layer.Linear(channels * h_out * w_out, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        functional.set_step_mode(self, "m")
+        single_step(self.stem)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.features(x)))
