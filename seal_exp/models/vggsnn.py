@@ -48,7 +48,8 @@ class VGGSNN(SpikingNetwork):
             h_out >= 1 and w_out >= 1,
             "image_size",
             [height, width],
-            f"VGGSNN halves the input {pools} times; it needs at least {2**pools}×{2**pools} pixels",
+            f"VGGSNN halves the input {pools} times; it needs at least {2**pools}×{2**pools} pixels "
+            "(the size is dataset.image_size)",
         )
         first = LAYOUT[0]
         assert isinstance(first, int)
