@@ -253,8 +253,11 @@ def fit(
     best_test: float | None = None
     history: list[dict[str, float]] = []
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    start_epoch = getattr(objective, "start_epoch", None)  # distillers with a schedule over training
     for epoch in range(1, settings.epochs + 1):
         start = time.perf_counter()
+        if start_epoch is not None:
+            start_epoch(epoch, settings.epochs)
         lr = optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(
             objective,

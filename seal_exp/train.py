@@ -98,6 +98,7 @@ def prepare(cfg: DictConfig) -> Plan:
             plan.teacher_record = teachers.load_into(plan.teacher, source, cfg)
     if cfg.stage == "distill":
         plan.distiller = build(cfg.distiller, "distiller", student=plan.student, teacher=plan.teacher)
+        plan.distiller.seed_noise(cfg.seed)
         plan.optimizer = build(cfg.optim, "optim", modules=plan.distiller.learnable_modules())
         plan.scheduler = build(cfg.sched, "sched", optimizer=plan.optimizer)
     return plan

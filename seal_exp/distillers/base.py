@@ -8,7 +8,7 @@ logs every term; it knows nothing about any method.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -17,6 +17,11 @@ from torch import nn
 from seal_exp.distillers.hard_losses import tet_ce
 
 HardLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def last_stage(network: nn.Module) -> str:
+    """The name of a network's last tappable stage (``feature_stages`` is ordered input → output)."""
+    return list(network.feature_stages)[-1]
 
 
 class Distiller(nn.Module, abc.ABC):
@@ -35,6 +40,7 @@ class Distiller(nn.Module, abc.ABC):
         if self.teacher is not None:  # never in the optimiser; its logits are computed without grad
             self.teacher.eval()
         self.hard_loss = hard_loss
+        self.epoch, self.epochs = 1, 1
 
     def train(self, mode: bool = True) -> Distiller:
         """Train the student; the teacher stays in eval mode (its BatchNorm statistics are fixed)."""
@@ -51,6 +57,42 @@ class Distiller(nn.Module, abc.ABC):
         assert self.teacher is not None
         with torch.no_grad():
             return self.teacher(x)
+
+    def student_with_features(
+        self, x: torch.Tensor, stages: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Student logits ``[T, B, K]`` and stage outputs ``[T, B, C, H, W]`` (default: its last stage)."""
+        stages = list(stages) if stages is not None else [last_stage(self.student)]
+        return self.student.forward_with_features(x, stages)
+
+    def teacher_with_features(
+        self, x: torch.Tensor, stages: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Teacher logits ``[B, K]`` and stage outputs ``[B, C, H, W]`` (default: its last stage), no grad."""
+        assert self.teacher is not None
+        stages = list(stages) if stages is not None else [last_stage(self.teacher)]
+        with torch.no_grad():
+            return self.teacher.forward_with_features(x, stages)
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the engine before training epoch ``epoch`` (1-based) of ``epochs``.
+
+        Methods with a schedule over training (TKS's ``a_e``) read ``self.epoch`` / ``self.epochs``.
+        """
+        self.epoch, self.epochs = epoch, epochs
+
+    def seed_noise(self, seed: int) -> None:
+        """Seed the generator of any random draw a loss makes (NLD's noise), from the run's seed."""
+        self._noise_seed = int(seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The run's seeded generator on ``device`` (created on first use; one per device)."""
+        if not hasattr(self, "_generators"):
+            self.seed_noise(0)
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self._noise_seed)
+        return self._generators[device]
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
