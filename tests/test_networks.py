@@ -90,6 +90,8 @@ def test_every_student_is_multistep_time_major_and_resets(tmp_path, option):
         assert torch.equal(student(x), first)  # the hooks change nothing
         for name in stages:
             assert features[name].shape[:2] == (T, B), name
+            if features[name].dim() == 5:  # what feature distillers size their projectors with
+                assert student.stage_channels(name) == features[name].shape[2], name
         if option != "timm":
             assert last.dim() == 5
 
@@ -122,6 +124,9 @@ def test_every_teacher_is_an_ann_with_stages_and_a_final_linear(tmp_path, option
         assert torch.equal(logits, teacher(x))
         last = features[stages[-1]]
         assert last.dim() == 4 and last.shape[0] == B
+        for name in stages:
+            if features[name].dim() == 4:
+                assert teacher.stage_channels(name) == features[name].shape[1], name
         head = teacher.classifier
         assert isinstance(head, nn.Linear) and head.out_features == K
         seen: list[torch.Tensor] = []

@@ -22,6 +22,33 @@ class FeatureTaps:
         """How a hooked output is returned (students that fold time into the batch unfold it here)."""
         return tensor
 
+    def stage_channels(self, name: str) -> int:
+        """Channel count of a stage's output, read from the layers up to it (no forward pass).
+
+        The last convolution or BatchNorm registered up to the end of the stage decides: modules are
+        registered in the order they run in every network here (a block's 1×1 shortcut registered
+        after its main path has the same width).
+        """
+        if name not in self.feature_stages:
+            known = ", ".join(self.feature_stages)
+            raise KeyError(f"{type(self).__name__} has no stage {name!r}; its stages are {known}")
+        path = self.feature_stages[name]
+        module: nn.Module = self  # type: ignore[assignment]
+        channels = None
+        inside = False
+        for sub_path, sub in module.named_modules():
+            in_stage = sub_path == path or sub_path.startswith(path + ".")
+            if inside and not in_stage:
+                break
+            inside = inside or in_stage
+            if isinstance(sub, nn.Conv2d):
+                channels = sub.out_channels
+            elif isinstance(sub, nn.BatchNorm2d):
+                channels = sub.num_features
+        if channels is None:
+            raise ValueError(f"{type(self).__name__}: stage {name!r} has no convolution before it")
+        return channels
+
     def forward_with_features(
         self, x: torch.Tensor, stages: Sequence[str]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

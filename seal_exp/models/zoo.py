@@ -46,15 +46,16 @@ class ZooSEWResNet(SpikingNetwork):
     ) -> None:
         super().__init__(T, stem_once)
         require(stem in ZOO_STEMS, "stem", stem, f"choose one of {', '.join(ZOO_STEMS)}")
-        self.net = _zoo(net, neuron, num_classes)
-        width = self.net.conv1.out_channels
+        zoo = _zoo(net, neuron, num_classes)
+        width = zoo.conv1.out_channels
         if stem == "cifar":
             conv = layer.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-            self.net.maxpool = nn.Identity()
+            zoo.maxpool = nn.Identity()
         else:
             conv = layer.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-        self.stem = StaticStem(kaiming_conv(conv), self.net.bn1)
-        self.net.conv1, self.net.bn1 = nn.Identity(), nn.Identity()
+        self.stem = StaticStem(kaiming_conv(conv), zoo.bn1)  # registered first: modules in running order
+        zoo.conv1, zoo.bn1 = nn.Identity(), nn.Identity()
+        self.net = zoo
         functional.set_step_mode(self, "m")
         single_step(self.stem)
         self.feature_stages = {"stem": "net.sn1", **{f"layer{i}": f"net.layer{i}" for i in range(1, 5)}}
@@ -80,15 +81,16 @@ class ZooSpikingVGG(SpikingNetwork):
         stem_once: bool = True,
     ) -> None:
         super().__init__(T, stem_once)
-        self.net = _zoo(net, neuron, num_classes)
-        features = self.net.features
+        zoo = _zoo(net, neuron, num_classes)
+        features = zoo.features
         first = features[0]
         conv = layer.Conv2d(in_channels, first.out_channels, 3, 1, 1, bias=first.bias is not None)
         require(
             isinstance(features[1], nn.BatchNorm2d), "net", net, "use a spiking VGG with BatchNorm (*_bn)"
         )
-        self.stem = StaticStem(kaiming_conv(conv), features[1])
+        self.stem = StaticStem(kaiming_conv(conv), features[1])  # registered first: modules in running order
         features[0], features[1] = nn.Identity(), nn.Identity()
+        self.net = zoo
         self.feature_stages = {}
         for i, module in enumerate(features):
             if isinstance(module, nn.MaxPool2d):
