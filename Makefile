@@ -9,12 +9,13 @@ PYTEST_ARGS ?=
 PORT ?= 5000
 SWEEP ?= distiller.alpha=0.3,0.6 neuron.T=2,4 trainer.epochs=3
 
-.PHONY: help install train test sweep ui lint clean models bench
+.PHONY: help install train test sweep compare ui lint clean models bench
 
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make test    the test suite (~3 min on 2 CPU cores)"
 	@echo "make sweep   a small local multirun ($(SWEEP)), one MLflow parent run"
+	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"
 	@echo "make models  every student and teacher with its parameter count (ARGS: dataset overrides)"
 	@echo "make bench   speed figures: the static-input stem computed once vs at every timestep"
@@ -37,6 +38,9 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(BIN)/python -m seal_exp.train -m $(SWEEP) $(ARGS)
+
+compare: $(STAMP)
+	$(BIN)/python -m seal_exp.compare $(ARGS)
 
 models: $(STAMP)
 	$(BIN)/python -m seal_exp.models $(ARGS)

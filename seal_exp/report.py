@@ -15,6 +15,10 @@ def write_summary(path: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def read_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
 def write_epochs_csv(path: Path, history: Sequence[dict[str, float]]) -> Path:
     """One row per epoch with every logged metric: the boring table next to the richer tracker."""
     columns: list[str] = []

@@ -97,7 +97,8 @@ def prepare(cfg: DictConfig) -> Plan:
         else:
             plan.teacher_record = teachers.load_into(plan.teacher, source, cfg)
     if cfg.stage == "distill":
-        plan.distiller = build(cfg.distiller, "distiller", student=plan.student, teacher=plan.teacher)
+        with isolated_torch_rng(cfg.seed):  # any module a method adds (a projector) starts from the seed
+            plan.distiller = build(cfg.distiller, "distiller", student=plan.student, teacher=plan.teacher)
         plan.distiller.seed_noise(cfg.seed)
         plan.optimizer = build(cfg.optim, "optim", modules=plan.distiller.learnable_modules())
         plan.scheduler = build(cfg.sched, "sched", optimizer=plan.optimizer)
