@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -51,3 +52,14 @@ def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SMOKE = ("dataset=digits", "debug=smoke")
+
+
+class Fixed(torch.nn.Module):
+    """A 'network' returning given logits, with one parameter so gradients can be compared."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits

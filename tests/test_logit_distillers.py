@@ -11,7 +11,7 @@ from seal_exp.distillers.tkd import TKD, correct_step_logits
 from seal_exp.distillers.tks import TKS
 from seal_exp.distillers.tser import TSER
 from seal_exp.train import prepare, train
-from tests.conftest import SMOKE, make_cfg
+from tests.conftest import SMOKE, Fixed, make_cfg
 
 # ---------------------------------------------------------------- loop oracles, one row at a time
 
@@ -109,17 +109,6 @@ def tks_oracle(Z, y, tau=3.0, teacher_reduce="sum", temper_student=False):
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-class Fixed(torch.nn.Module):
-    """A 'network' returning given logits, with one parameter so gradients can be compared."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = torch.nn.Parameter(logits.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits
 
 
 def fixed_inputs(T: int = 4, B: int = 6, K: int = 5, seed: int = 0):

@@ -14,6 +14,7 @@ from seal_exp.distillers.hard_losses import mean_ce, tet, tet_ce
 from seal_exp.distillers.kd import KD
 from seal_exp.distillers.none import NoDistillation
 from seal_exp.distillers.seal import SeAl, ela_loss, sta_loss
+from tests.conftest import Fixed
 
 # ---------------------------------------------------------------- loop oracles, one row at a time
 
@@ -176,17 +177,6 @@ def test_kd_loss_matches_loop_oracle():
 
 
 # ---------------------------------------------------------------- the distillers built on them
-
-
-class Fixed(torch.nn.Module):
-    """A 'network' returning given logits, with one parameter so gradients can be compared."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = torch.nn.Parameter(logits.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits
 
 
 def test_seal_with_zero_weights_equals_none():

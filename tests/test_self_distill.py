@@ -23,8 +23,7 @@ from seal_exp.distillers.self_distill import (
     teaching_pairs,
 )
 from seal_exp.train import train
-from tests.conftest import SMOKE, make_cfg
-from tests.test_losses import Fixed
+from tests.conftest import SMOKE, Fixed, make_cfg
 
 GRID = list(itertools.product(VARIANTS, DIRECTIONS))
 GRID_IDS = [f"{v}-{d}" for v, d in GRID]
