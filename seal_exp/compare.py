@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from seal_exp.config import CONF_DIR
 from seal_exp.report import read_summary
-from seal_exp.tracking import PARENT_RUN_FILE
+from seal_exp.tracking import PARENT_RUN_FILE, TRACKING_URI_FILE
 
 ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png")
 
@@ -39,15 +39,27 @@ def distiller_options() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "distiller").glob("*.yaml"))
 
 
+def _distiller_of(job: Path) -> str:
+    return str(OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices["distiller"])
+
+
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per finished job of the sweep: its distiller option, seed and summary."""
     rows = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
         job = summary_path.parent
-        choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
-        summary = read_summary(summary_path)
-        rows.append({"job": job.name, "distiller_option": str(choices["distiller"]), **summary})
+        rows.append({"job": job.name, "distiller_option": _distiller_of(job), **read_summary(summary_path)})
     return rows
+
+
+def unfinished(sweep_dir: Path) -> dict[str, list[str]]:
+    """Jobs that started but left no summary (crashed, killed or still running), by distiller."""
+    missing: dict[str, list[str]] = {}
+    for config in sorted(sweep_dir.glob("*/.hydra/hydra.yaml")):
+        job = config.parent.parent
+        if not (job / "summary.json").is_file():
+            missing.setdefault(_distiller_of(job), []).append(job.name)
+    return missing
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -187,6 +199,13 @@ def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | 
         f"{len(rows)} finished job(s)" + (f" of {expected}" if expected else "") + f"; sweep {sweep_dir}."
     )
     text = markdown(table, context)
+    missing = unfinished(sweep_dir)
+    if missing:
+        text += (
+            "\nDid not finish (see each job's train.log): "
+            + "; ".join(f"{name} (job {', '.join(jobs)})" for name, jobs in missing.items())
+            + ".\n"
+        )
     (sweep_dir / "comparison.md").write_text(text)
     write_csv(sweep_dir / "comparison.csv", table)
     plot(sweep_dir / "comparison.png", table, f"{first['dataset']}, T={first['T']}, {first['epochs']} epochs")
@@ -195,17 +214,19 @@ def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | 
 
 
 def _attach(sweep_dir: Path) -> None:
-    parent_file = sweep_dir / PARENT_RUN_FILE
-    config = sweep_dir / "0" / ".hydra" / "config.yaml"
-    if not parent_file.is_file() or not config.is_file():
+    """Attach the comparison files to the sweep's parent MLflow run (if the sweep was tracked)."""
+    parent_file, uri_file = sweep_dir / PARENT_RUN_FILE, sweep_dir / TRACKING_URI_FILE
+    if not parent_file.is_file() or not uri_file.is_file():
         return  # tracking was off
     from mlflow.tracking import MlflowClient
 
-    uri = OmegaConf.load(config).tracking.get("uri")
-    client = MlflowClient(str(uri))
     run_id = parent_file.read_text().strip()
-    for name in ARTIFACTS:
-        client.log_artifact(run_id, str(sweep_dir / name), "comparison")
+    try:
+        client = MlflowClient(uri_file.read_text().strip())
+        for name in ARTIFACTS:
+            client.log_artifact(run_id, str(sweep_dir / name), "comparison")
+    except Exception as exc:  # the files are on disk either way; never lose the table to the tracker
+        print(f"seal-exp: could not attach the comparison to MLflow run {run_id}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from seal_exp.config import project_root, require
 log = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+TRACKING_URI_FILE = "mlflow_tracking_uri"  # next to it: where the parent run lives (for later reports)
 MAX_PARAM_CHARS = 6000
 
 
@@ -205,6 +206,7 @@ class MLflowSweepCallback(Callback):
         run_id = tracker.open_parent(f"sweep {sweep_dir.name}", tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
+        (sweep_dir / TRACKING_URI_FILE).write_text(tracker.uri)
         tracker.run_id = run_id
         self._tracker = tracker
         atexit.register(self._close, "FAILED")  # the sweep raised before on_multirun_end

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from seal_exp.compare import aggregate, distiller_options, main, markdown
+from seal_exp.compare import aggregate, distiller_options, main, markdown, report
 
 
 def row(distiller: str, seed: int, acc: float, last: float, per_t: list[float]) -> dict:
@@ -82,3 +83,23 @@ def test_unknown_distiller_or_bad_seeds_are_refused_before_anything_runs(tmp_pat
     assert main(["--seeds", "0,x", "--sweep-dir", str(tmp_path / "s")]) == 2
     assert not (tmp_path / "s").exists()
     assert {"none", "kd", "seal"} <= set(distiller_options())
+
+
+def test_the_report_names_jobs_that_did_not_finish(tmp_path):
+    for job, distiller, finished in (("0", "kd", True), ("1", "kdsnn", False), ("2", "kdsnn", False)):
+        hydra_dir = tmp_path / job / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "hydra.yaml").write_text(
+            f"hydra:\n  runtime:\n    choices:\n      distiller: {distiller}\n"
+        )
+        if finished:
+            summary = row(distiller, 0, 96.0, 95.0, [95.0, 96.0]) | {
+                "dataset": "mnist5k",
+                "T": 2,
+                "epochs": 3,
+            }
+            (tmp_path / job / "summary.json").write_text(json.dumps(summary))
+    text = report(tmp_path, ["kd", "kdsnn"], expected=3)
+    assert "| kd | 0 | 96.00 |" in text and "1 finished job(s) of 3" in text
+    assert "Did not finish (see each job's train.log): kdsnn (job 1, 2)." in text
+    assert (tmp_path / "comparison.csv").is_file() and (tmp_path / "comparison.png").is_file()
