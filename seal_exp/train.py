@@ -235,57 +235,57 @@ def _train_teacher(
         if path.is_file():
             log.info("another job trained this teacher meanwhile; reusing %s", path)
             return teachers.load_into(plan.teacher, plan.teacher_source, cfg)
-        loop = plan.teacher_loop
-        if loop.epochs == 0:  # pretrained weights (e.g. a timm file) used as they are
-            log.info("teacher.recipe.epochs=0: evaluating the initial weights and caching them untrained")
-            val = evaluate(plan.teacher, val_loader, plan.device, loop.limit_eval_batches)
-            test = evaluate(plan.teacher, test_loader, plan.device, loop.limit_eval_batches)
-            return teachers.save(
-                plan.teacher,
-                path,
-                cfg,
-                val_acc=val.acc,
-                test_acc=test.acc,
-                best_epoch=0,
-                data_split_id=data.split_id,
-            )
-        log.info(
-            "training the %s teacher for %d epochs (cached afterwards at %s)",
-            cfg.teacher.arch,
-            loop.epochs,
-            path,
-        )
-        seed_everything(plan.seed)
-        train_loader = make_loader(
-            data.train, loop.batch_size, shuffle=True, seed=plan.seed, num_workers=plan.settings.num_workers
-        )
-        result = fit(
-            objective=teachers.Supervised(plan.teacher),
-            model=plan.teacher,
-            optimizer=plan.teacher_optimizer,
-            scheduler=plan.teacher_scheduler,
-            train_loader=train_loader,
-            val_loader=val_loader,
-            test_loader=test_loader,
-            settings=loop,
-            device=plan.device,
-            progress=plan.settings.progress,
-            progress_every=plan.settings.progress_every,
-            sink=lambda metrics, step: plan.tracker.log_metrics(
-                {f"teacher/{k}": v for k, v in metrics.items()}, step
-            ),
-            name="teacher",
-            test_every_epoch=False,
-        )
+        val_acc, test_acc, best_epoch = _fit_teacher(cfg, plan, data, val_loader, test_loader)
         return teachers.save(
             plan.teacher,
             path,
             cfg,
-            val_acc=result.best_val_acc,
-            test_acc=result.test_best.acc,
-            best_epoch=result.best_epoch,
+            val_acc=val_acc,
+            test_acc=test_acc,
+            best_epoch=best_epoch,
             data_split_id=data.split_id,
         )
+
+
+def _fit_teacher(
+    cfg: DictConfig, plan: Plan, data: Any, val_loader: Any, test_loader: Any
+) -> tuple[float, float, int]:
+    """Validation and test accuracy of the teacher to cache, and its epoch (0: the initial weights)."""
+    loop = plan.teacher_loop
+    if loop.epochs == 0:  # pretrained weights (e.g. a timm file) used as they are
+        log.info("teacher.recipe.epochs=0: evaluating the initial weights and caching them untrained")
+        val = evaluate(plan.teacher, val_loader, plan.device, loop.limit_eval_batches)
+        test = evaluate(plan.teacher, test_loader, plan.device, loop.limit_eval_batches)
+        return val.acc, test.acc, 0
+    log.info(
+        "training the %s teacher for %d epochs (cached afterwards at %s)",
+        cfg.teacher.arch,
+        loop.epochs,
+        plan.teacher_source.path,
+    )
+    seed_everything(plan.seed)
+    train_loader = make_loader(
+        data.train, loop.batch_size, shuffle=True, seed=plan.seed, num_workers=plan.settings.num_workers
+    )
+    result = fit(
+        objective=teachers.Supervised(plan.teacher),
+        model=plan.teacher,
+        optimizer=plan.teacher_optimizer,
+        scheduler=plan.teacher_scheduler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        settings=loop,
+        device=plan.device,
+        progress=plan.settings.progress,
+        progress_every=plan.settings.progress_every,
+        sink=lambda metrics, step: plan.tracker.log_metrics(
+            {f"teacher/{k}": v for k, v in metrics.items()}, step
+        ),
+        name="teacher",
+        test_every_epoch=False,
+    )
+    return result.best_val_acc, result.test_best.acc, result.best_epoch
 
 
 def _student_summary(
