@@ -87,14 +87,16 @@ def build(node: DictConfig, key: str, *, probe_partial: bool = False, **kwargs: 
         if probe_partial and isinstance(obj, functools.partial):
             obj()
         return obj
-    except (InstantiationException, InvalidArgument, TypeError) as exc:
+    except (InstantiationException, InvalidArgument, TypeError, ConfigError) as exc:
         raise _translate(exc, node, key, kwargs) from exc
 
 
 def _translate(exc: BaseException, node: DictConfig, key: str, given: dict[str, Any]) -> Exception:
     cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, InvalidArgument | TypeError):
+    while cause is not None and not isinstance(cause, InvalidArgument | TypeError | ConfigError):
         cause = cause.__cause__
+    if isinstance(cause, ConfigError):  # already names its key, file or folder (e.g. a missing dataset)
+        return cause
     target = str(node.get("_target_", "?"))
     if isinstance(cause, InvalidArgument):
         return invalid(f"{key}.{cause.name}", cause.value, cause.rule)

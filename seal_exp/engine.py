@@ -58,7 +58,9 @@ class TrainerSettings(LoopSettings):
     """The student's loop plus where and how it runs."""
 
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | str = "auto"
+    pin_memory: bool | str = "auto"
+    persistent_workers: bool = True
     test_every_epoch: bool = True
     progress: bool = True
     progress_every: int = 20
@@ -72,7 +74,18 @@ class TrainerSettings(LoopSettings):
             self.device,
             "use auto, cpu, cuda or cuda:N",
         )
-        require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+        require(
+            self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0),
+            "num_workers",
+            self.num_workers,
+            "use auto (0 for in-memory data, else up to 8) or an integer >= 0",
+        )
+        require(
+            self.pin_memory == "auto" or isinstance(self.pin_memory, bool),
+            "pin_memory",
+            self.pin_memory,
+            "use auto (pinned when CUDA is present), true or false",
+        )
         require(self.progress_every >= 1, "progress_every", self.progress_every, "must be >= 1")
 
     def resolve_device(self) -> torch.device:

@@ -61,7 +61,8 @@ def _file_digest(path: Path) -> str:
 def cache_key(cfg: DictConfig) -> str:
     identity = {
         "format": FORMAT,
-        "dataset": _plain(cfg.dataset),
+        # where the files live and the student's augmentation do not change the teacher
+        "dataset": {k: v for k, v in _plain(cfg.dataset).items() if k not in ("root", "augment")},
         "model": _plain(cfg.teacher.model),
         "recipe": _plain(cfg.teacher.recipe),
         "optim": _plain(cfg.teacher.optim),

@@ -26,7 +26,8 @@ from torch import nn
 from seal_exp import report
 from seal_exp import teacher as teachers
 from seal_exp.config import ConfigError, build, flatten, invalid
-from seal_exp.data import make_loader
+from seal_exp.data import DataSplits, make_loader
+from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
 from seal_exp.engine import FitResult, LoopSettings, TrainerSettings, evaluate, fit
 from seal_exp.models import build_student, build_teacher
@@ -161,11 +162,12 @@ def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
     )
 
     def eval_loader(part: Any) -> Any:
-        return make_loader(
-            part, settings.eval_batch_size, shuffle=False, seed=plan.seed, num_workers=settings.num_workers
-        )
+        return _loader(plan, data, part, settings.eval_batch_size, shuffle=False)
 
-    val_loader, test_loader = eval_loader(data.val), eval_loader(data.test)
+    test_loader = eval_loader(data.test)
+    val_loader = test_loader if data.val_is_test else eval_loader(data.val)
+    if data.val_is_test:
+        log.info("no validation part held out (dataset.val_fraction=0): the test part selects the model")
     summary: dict[str, Any] = {
         "stage": plan.stage,
         "dataset": str(cfg.dataset.name),
@@ -201,9 +203,7 @@ def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
         return summary
 
     seed_everything(plan.seed)  # same student data order whether the teacher was trained, cached or absent
-    train_loader = make_loader(
-        data.train, settings.batch_size, shuffle=True, seed=plan.seed, num_workers=settings.num_workers
-    )
+    train_loader = _loader(plan, data, data.train, settings.batch_size, shuffle=True)
     plan.distiller.to(device)
     result = fit(
         objective=plan.distiller,
@@ -219,10 +219,10 @@ def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
         progress_every=settings.progress_every,
         sink=plan.tracker.log_metrics,
         name="student",
-        test_every_epoch=settings.test_every_epoch,
+        test_every_epoch=settings.test_every_epoch and not data.val_is_test,
         checkpoint_dir=out,
     )
-    return summary | _student_summary(cfg, result, out, summary["teacher_test_acc"])
+    return summary | _student_summary(cfg, result, out, summary["teacher_test_acc"], data.val_is_test)
 
 
 def _train_teacher(
@@ -248,7 +248,7 @@ def _train_teacher(
 
 
 def _fit_teacher(
-    cfg: DictConfig, plan: Plan, data: Any, val_loader: Any, test_loader: Any
+    cfg: DictConfig, plan: Plan, data: DataSplits, val_loader: Any, test_loader: Any
 ) -> tuple[float, float, int]:
     """Validation and test accuracy of the teacher to cache, and its epoch (0: the initial weights)."""
     loop = plan.teacher_loop
@@ -264,8 +264,12 @@ def _fit_teacher(
         plan.teacher_source.path,
     )
     seed_everything(plan.seed)
-    train_loader = make_loader(
-        data.train, loop.batch_size, shuffle=True, seed=plan.seed, num_workers=plan.settings.num_workers
+    train_loader = _loader(
+        plan,
+        data,
+        data.train if data.teacher_train is None else data.teacher_train,
+        loop.batch_size,
+        shuffle=True,
     )
     result = fit(
         objective=teachers.Supervised(plan.teacher),
@@ -288,8 +292,32 @@ def _fit_teacher(
     return result.best_val_acc, result.test_best.acc, result.best_epoch
 
 
+def _loader(plan: Plan, data: DataSplits, part: Any, batch_size: int, *, shuffle: bool) -> Any:
+    s = plan.settings
+    return make_loader(
+        part,
+        batch_size,
+        shuffle=shuffle,
+        seed=plan.seed,
+        num_workers=resolve_workers(s.num_workers, data.in_memory),
+        pin_memory=s.pin_memory,
+        persistent_workers=s.persistent_workers,
+        time_major=data.time_major,
+    )
+
+
+SELECTION = (
+    "test_acc: the epoch with the best validation accuracy; test_acc_last: the last epoch; "
+    "best_test_acc_over_epochs: the papers' (optimistic) best test accuracy over epochs"
+)
+SELECTION_ON_TEST = (
+    "no validation part (dataset.val_fraction=0): test_acc is the epoch with the best test accuracy, "
+    "the papers' (optimistic) protocol, equal to best_test_acc_over_epochs; test_acc_last: the last epoch"
+)
+
+
 def _student_summary(
-    cfg: DictConfig, result: FitResult, out: Path, teacher_acc: float | None
+    cfg: DictConfig, result: FitResult, out: Path, teacher_acc: float | None, val_is_test: bool
 ) -> dict[str, Any]:
     report.write_epochs_csv(out / "epochs.csv", result.history)
     report.plot_accuracy_per_timestep(
@@ -298,18 +326,18 @@ def _student_summary(
         result.test_best.prefix_mean,
         teacher_acc,
         title=f"{cfg.dataset.name}, T={cfg.neuron.T}, {cfg.distiller._target_.rsplit('.', 1)[-1]} "
-        f"(model selected on validation)",
+        f"(model selected on {'test' if val_is_test else 'validation'})",
     )
     return {
         "test_acc": result.test_best.acc,
         "test_acc_last": result.test_last.acc,
         "best_val_acc": result.best_val_acc,
         "best_epoch": result.best_epoch,
-        "best_test_acc_over_epochs": result.best_test_acc_over_epochs,
+        "best_test_acc_over_epochs": result.best_val_acc if val_is_test else result.best_test_acc_over_epochs,
         "per_timestep_test_acc": result.test_best.per_timestep,
         "prefix_mean_test_acc": result.test_best.prefix_mean,
-        "selection": "test_acc: the epoch with the best validation accuracy; test_acc_last: the last epoch; "
-        "best_test_acc_over_epochs: the papers' (optimistic) best test accuracy over epochs",
+        "selection": SELECTION_ON_TEST if val_is_test else SELECTION,
+        "selected_on": "test" if val_is_test else "validation",
         "epochs": len(result.history),
         "T": int(cfg.neuron.T),
         "distiller": str(cfg.distiller._target_),
@@ -325,7 +353,7 @@ def _last_line(summary: dict[str, Any], out: Path, run_id: str | None) -> str:
         return f"teacher test accuracy {teacher:.2f}% | checkpoint {summary['teacher_checkpoint']} | {where}"
     teacher_part = f", teacher {teacher:.2f}%" if teacher is not None else ""
     return (
-        f"student test accuracy {summary['test_acc']:.2f}% (selected on validation; last epoch "
+        f"student test accuracy {summary['test_acc']:.2f}% (selected on {summary['selected_on']}; last epoch "
         f"{summary['test_acc_last']:.2f}%){teacher_part} | {where}"
     )
 

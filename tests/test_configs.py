@@ -6,9 +6,12 @@ import pytest
 
 from seal_exp.config import CONF_DIR
 from seal_exp.data.embedded import EmbeddedImages
+from seal_exp.data.source import MissingDataset
 from seal_exp.train import prepare
 from tests.conftest import make_cfg
 
+# Datasets a user downloads; the embedded ones (mnist5k, digits, mnist5k_dvs) ship with the packages.
+DOWNLOADED = {"cifar10", "cifar100", "cifar10dvs", "dvsgesture", "imagenet"}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("local", "hydra"))
 # Nested groups too (neuron/surrogate): every option file under every group directory.
 OPTIONS = [
@@ -42,6 +45,10 @@ def test_the_groups_of_the_defaults_list_exist():
 def test_every_option_composes_and_builds(tmp_path, monkeypatch, group, option):
     monkeypatch.setattr(EmbeddedImages, "load", lambda self: pytest.fail("data was read"))
     cfg = make_cfg(tmp_path, [f"{group}={option}"])
+    if cfg.dataset.name in DOWNLOADED:  # nothing under tmp_path: the run must stop with the data message
+        with pytest.raises(MissingDataset, match="looked in: " + str(tmp_path / "data")):
+            prepare(cfg)
+        return
     plan = prepare(cfg)
     if plan.stage == "distill":
         assert plan.student is not None and plan.distiller is not None and plan.optimizer is not None

@@ -7,24 +7,13 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from seal_exp.config import require
-from seal_exp.data.splits import split_fingerprint, stratified_split
-
-
-@dataclass(frozen=True)
-class DataSplits:
-    """The three parts of a dataset plus the fingerprint of how it was cut."""
-
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
-    split_id: str
+from seal_exp.data.splits import DataSplits, split_fingerprint, stratified_split
 
 
 class EmbeddedImages(abc.ABC):
@@ -90,7 +79,7 @@ class EmbeddedImages(abc.ABC):
         # a few evaluation batches (debug=smoke, limit_eval_batches) still sees every class.
         mix = np.random.default_rng(self.split_seed)
         parts = [TensorDataset(x[i], y[i]) for i in (train, mix.permutation(val), mix.permutation(test))]
-        return DataSplits(*parts, split_id=split_fingerprint(train, val, test))
+        return DataSplits(*parts, split_id=split_fingerprint(train, val, test), in_memory=True)
 
 
 class MNIST5k(EmbeddedImages):
