@@ -54,7 +54,8 @@ def build_progress(folder: Path, total: int, desc: str, suffix: str = ".npz") ->
         return
     log.info("%s: building %s (%d files, once; later runs reuse it)", desc, folder, total)
     done = threading.Event()
-    bar = tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=1.0)
+    # a bar on terminals only (disable=None); log files get the log lines before and after
+    bar = tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=1.0, disable=None)
 
     def watch() -> None:
         while not done.wait(1.0):

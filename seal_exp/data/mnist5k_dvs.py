@@ -164,7 +164,9 @@ class MNIST5kDVSFolder(sj_base.NeuromorphicDatasetFolder):
             (raw_root / str(c)).mkdir(exist_ok=True)
         started = time.perf_counter()
         workers = max(1, min(sj_configure.max_threads_number_for_datasets_preprocess, 8))
-        bar = tqdm(total=len(chosen), desc="mnist5k_dvs events", unit="image", dynamic_ncols=True)
+        bar = tqdm(
+            total=len(chosen), desc="mnist5k_dvs events", unit="image", dynamic_ncols=True, disable=None
+        )
         previous: list[Future] = []
         with ThreadPoolExecutor(max_workers=workers) as pool, bar:
             for start in range(0, len(chosen), CHUNK):
