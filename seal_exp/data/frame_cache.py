@@ -54,7 +54,7 @@ def build_progress(folder: Path, total: int, desc: str, suffix: str = ".npz") ->
         return
     log.info("%s: building %s (%d files, once; later runs reuse it)", desc, folder, total)
     done = threading.Event()
-    # a bar on terminals only (disable=None); log files get the log lines before and after
+    # a bar on terminals only (disable=None); log files get the log line above
     bar = tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, mininterval=1.0, disable=None)
 
     def watch() -> None:
