@@ -13,7 +13,7 @@ SWEEP ?= distiller.alpha=0.3,0.6 neuron.T=2,4 trainer.epochs=3
 
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
-	@echo "make test    the test suite (~3 min on 2 CPU cores)"
+	@echo "make test    the test suite (~13 min on 2 CPU cores)"
 	@echo "make sweep   a small local multirun ($(SWEEP)), one MLflow parent run"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"

@@ -35,13 +35,32 @@ def load(path: str | Path) -> Any:
 
 
 def rng_states() -> dict[str, Any]:
-    """Every RNG state, in types that ``weights_only`` loading accepts."""
-    np_state = np.random.get_state()
+    """Every global RNG state, in types that ``weights_only`` loading accepts."""
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     states: dict[str, Any] = {
-        "python": list(random.getstate()[1]),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Put back what :func:`rng_states` recorded, so a resumed job draws the numbers it would have."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -28,10 +28,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from seal_exp.config import CONF_DIR
-from seal_exp.report import read_summary
-from seal_exp.tracking import PARENT_RUN_FILE, TRACKING_URI_FILE
+from seal_exp.report import attach, markdown_table, metric_stats, parent_run, pm, read_summary
 
 ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png")
+ACCURACIES = ("test_acc", "test_acc_last", "best_test_acc_over_epochs")
 
 
 def distiller_options() -> list[str]:
@@ -62,11 +62,6 @@ def unfinished(sweep_dir: Path) -> dict[str, list[str]]:
     return missing
 
 
-def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else math.nan)
-
-
 def aggregate(rows: Sequence[dict[str, Any]], order: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Per distiller: seeds, mean ± sd of each accuracy, per-timestep means, mean wall time."""
     names = list(order) if order else sorted({r["distiller_option"] for r in rows})
@@ -76,9 +71,8 @@ def aggregate(rows: Sequence[dict[str, Any]], order: Sequence[str] | None = None
         if not runs:
             continue
         entry: dict[str, Any] = {"distiller": name, "seeds": [r["seed"] for r in runs], "n": len(runs)}
-        for key in ("test_acc", "test_acc_last", "best_test_acc_over_epochs", "wall_s"):
-            values = [float(r[key]) for r in runs if r.get(key) is not None]
-            entry[key], entry[f"{key}_sd"] = _mean_sd(values) if values else (math.nan, math.nan)
+        for key, stats in metric_stats(runs, (*ACCURACIES, "wall_s")).items():
+            entry[key], entry[f"{key}_sd"] = stats
         entry["per_seed_test_acc"] = [float(r["test_acc"]) for r in runs]
         per_t = [r["per_timestep_test_acc"] for r in runs]
         entry["per_timestep_test_acc"] = [statistics.fmean(col) for col in zip(*per_t, strict=True)]
@@ -88,27 +82,29 @@ def aggregate(rows: Sequence[dict[str, Any]], order: Sequence[str] | None = None
     return table
 
 
-def _pm(mean: float, sd: float) -> str:
-    return f"{mean:.2f} ± {sd:.2f}" if not math.isnan(sd) else f"{mean:.2f}"
-
-
 def markdown(table: Sequence[dict[str, Any]], context: str) -> str:
-    lines = [
-        f"Test accuracy (%), mean ± sample sd over seeds. {context}",
-        "",
-        "| distiller | seeds | test acc (selected on val) | last epoch | best test over epochs (papers') "
-        "| per-timestep test acc | teacher | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+    header = [
+        "distiller",
+        "seeds",
+        "test acc (selected on val)",
+        "last epoch",
+        "best test over epochs (papers')",
+        "per-timestep test acc",
+        "teacher",
+        "wall s",
     ]
-    for e in table:
-        per_t = " / ".join(f"{a:.1f}" for a in e["per_timestep_test_acc"])
-        teacher = f"{e['teacher_test_acc']:.2f}" if e["teacher_test_acc"] is not None else "–"
-        lines.append(
-            f"| {e['distiller']} | {','.join(map(str, e['seeds']))} | {_pm(e['test_acc'], e['test_acc_sd'])} "
-            f"| {_pm(e['test_acc_last'], e['test_acc_last_sd'])} "
-            f"| {_pm(e['best_test_acc_over_epochs'], e['best_test_acc_over_epochs_sd'])} "
-            f"| {per_t} | {teacher} | {e['wall_s']:.0f} |"
-        )
+    rows = [
+        [
+            e["distiller"],
+            ",".join(map(str, e["seeds"])),
+            *(pm(e[k], e[f"{k}_sd"]) for k in ACCURACIES),
+            " / ".join(f"{a:.1f}" for a in e["per_timestep_test_acc"]),
+            f"{e['teacher_test_acc']:.2f}" if e["teacher_test_acc"] is not None else "–",
+            f"{e['wall_s']:.0f}",
+        ]
+        for e in table
+    ]
+    lines = [f"Test accuracy (%), mean ± sample sd over seeds. {context}", "", *markdown_table(header, rows)]
     lines += [
         "",
         "`test acc (selected on val)`: the epoch with the best validation accuracy (the platform's figure); "
@@ -215,18 +211,9 @@ def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | 
 
 def _attach(sweep_dir: Path) -> None:
     """Attach the comparison files to the sweep's parent MLflow run (if the sweep was tracked)."""
-    parent_file, uri_file = sweep_dir / PARENT_RUN_FILE, sweep_dir / TRACKING_URI_FILE
-    if not parent_file.is_file() or not uri_file.is_file():
-        return  # tracking was off
-    from mlflow.tracking import MlflowClient
-
-    run_id = parent_file.read_text().strip()
-    try:
-        client = MlflowClient(uri_file.read_text().strip())
-        for name in ARTIFACTS:
-            client.log_artifact(run_id, str(sweep_dir / name), "comparison")
-    except Exception as exc:  # the files are on disk either way; never lose the table to the tracker
-        print(f"seal-exp: could not attach the comparison to MLflow run {run_id}: {exc}", file=sys.stderr)
+    parent = parent_run(sweep_dir)
+    if parent is not None:
+        attach(*parent, [sweep_dir / name for name in ARTIFACTS], "comparison", "the comparison")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from seal_exp import checkpoint
 from seal_exp.config import require
 from seal_exp.models.neurons import reset_spiking_state
+from seal_exp.preemption import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,17 @@ class TrainerSettings(LoopSettings):
     test_every_epoch: bool = True
     progress: bool = True
     progress_every: int = 20
+    checkpoint_every_steps: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(
+            self.checkpoint_every_steps is None
+            or (isinstance(self.checkpoint_every_steps, int) and self.checkpoint_every_steps >= 1),
+            "checkpoint_every_steps",
+            self.checkpoint_every_steps,
+            "use null (last.pt at every epoch's end only) or a step count >= 1",
+        )
         require(self.epochs >= 1, "epochs", self.epochs, "train the student for at least one epoch")
         require(
             self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -132,6 +142,61 @@ def _limited(n_batches: int, limit: int | None) -> int:
     return n_batches if limit is None else min(n_batches, limit)
 
 
+@dataclass
+class EpochTotals:
+    """What one training epoch has summed so far, on the device (read once, at the epoch's end)."""
+
+    sums: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    bad_step: torch.Tensor
+    seen: int = 0
+    steps: int = 0
+    rng: dict[str, Any] | None = None  # a resumed epoch: the RNG states of the step it stopped after
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochTotals:
+        return cls({}, torch.zeros((), device=device), torch.full((), -1, device=device, dtype=torch.long))
+
+    @torch.no_grad()
+    def add(
+        self,
+        terms: dict[str, torch.Tensor],
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        loss: torch.Tensor,
+        step: int,
+    ) -> None:
+        n = len(y)
+        self.seen += n
+        self.steps = step + 1
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach() * n
+        if logits.dim() == 3:
+            logits = logits.mean(0)
+        self.correct += (logits.argmax(-1) == y).sum()
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss), step, self.bad_step)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+            "correct": self.correct.cpu(),
+            "bad_step": self.bad_step.cpu(),
+            "seen": self.seen,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device, rng: dict[str, Any]) -> EpochTotals:
+        return cls(
+            {k: v.to(device) for k, v in state["sums"].items()},
+            state["correct"].to(device),
+            state["bad_step"].to(device),
+            state["seen"],
+            state["steps"],
+            rng,
+        )
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: DataLoader, device: torch.device, limit: int | None = None
@@ -180,22 +245,34 @@ def train_one_epoch(
     progress_every: int,
     last_good: Path | None,
     epoch: int,
+    partial: EpochTotals | None = None,
+    after_step: Callable[[int, EpochTotals], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``: the sample-weighted mean of every loss term, and the train accuracy."""
+    """One pass over ``loader``: the sample-weighted mean of every loss term, and the train accuracy.
+
+    ``partial`` continues an epoch interrupted after ``partial.steps`` optimiser steps: those batches
+    are drawn again, so the sampler and any loader workers are where they were, but not trained on.
+    ``after_step(step, totals)`` runs at every step boundary (checkpoints, the pre-timeout signal).
+    """
     objective.train()
-    sums: dict[str, torch.Tensor] = {}
-    correct = torch.zeros((), device=device)
-    bad_step = torch.full((), -1, device=device, dtype=torch.long)
-    seen = 0
+    totals = partial or EpochTotals.zeros(device)
+    batches = iter(loader)
+    for _ in range(totals.steps):
+        next(batches)
+    if totals.rng is not None:  # the global RNG states of the step boundary it stopped at
+        checkpoint.restore_rng_states(totals.rng)
+        totals.rng = None
     bar = tqdm(
-        loader,
+        batches,
         desc=desc,
         total=_limited(len(loader), limit),
+        initial=totals.steps,
         leave=False,
         disable=None if progress else True,
         dynamic_ncols=True,
     )
-    for step, (x, y) in enumerate(bar):
+    terms: dict[str, torch.Tensor] = {}
+    for step, (x, y) in enumerate(bar, start=totals.steps):
         if limit is not None and step >= limit:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -205,24 +282,18 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         reset_spiking_state(objective)
-        with torch.no_grad():
-            n = len(y)
-            seen += n
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + value.detach() * n
-            if logits.dim() == 3:
-                logits = logits.mean(0)
-            correct += (logits.argmax(-1) == y).sum()
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+        totals.add(terms, logits, y, loss, step)
         if step % progress_every == 0:
-            first_bad, current = bad_step.item(), loss.item()
+            first_bad, current = totals.bad_step.item(), loss.item()
             _stop_if_nonfinite(first_bad, terms, epoch, last_good)
             bar.set_postfix(loss=f"{current:.4f}")
+        if after_step is not None:
+            after_step(step, totals)
     bar.close()
-    _stop_if_nonfinite(bad_step.item(), terms, epoch, last_good)
-    stats = {name: (total / seen).item() for name, total in sums.items()}
+    _stop_if_nonfinite(totals.bad_step.item(), terms, epoch, last_good)
+    stats = {name: (total / totals.seen).item() for name, total in totals.sums.items()}
     stats["loss"] = sum(stats.values())
-    stats["acc"] = correct.item() * 100.0 / seen
+    stats["acc"] = totals.correct.item() * 100.0 / totals.seen
     return stats
 
 
@@ -235,6 +306,9 @@ def _stop_if_nonfinite(step: int, terms: dict[str, torch.Tensor], epoch: int, la
         f"loss became non-finite at epoch {epoch}, step {step} (terms now: {values}); {where}. "
         "Lower the learning rate (optim.lr) or check the inputs."
     )
+
+
+LAST_FORMAT = "seal-exp/last-v1"
 
 
 def fit(
@@ -254,24 +328,99 @@ def fit(
     name: str,
     test_every_epoch: bool,
     checkpoint_dir: Path | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint_every_steps: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
 ) -> FitResult:
     """Train ``model`` through ``objective`` and select the epoch with the best validation accuracy.
 
     Each epoch: train, step the scheduler, validate (and test, for the papers' best-test figure),
     log to ``sink`` and, with ``checkpoint_dir``, write ``last.pt`` atomically (plus ``best.pt`` when
-    validation improves). At the end ``model`` holds the selected weights; both the last and the
+    validation improves); ``last.pt`` is also written every ``checkpoint_every_steps`` optimiser
+    steps, and at the step boundary where ``should_stop()`` first holds, after which
+    :class:`~seal_exp.preemption.Preempted` is raised. ``resume`` (a loaded ``last.pt``) continues a
+    fit exactly where it stopped: weights, optimiser, schedule, selection, history, the sampler's and
+    every global RNG state. At the end ``model`` holds the selected weights; both the last and the
     selected model are evaluated on the test split.
     """
     best_val, best_epoch, best_state = -1.0, 0, None
     best_test: float | None = None
     history: list[dict[str, float]] = []
+    done, global_step, partial = 0, 0, None
     last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
     start_epoch = getattr(objective, "start_epoch", None)  # distillers with a schedule over training
-    for epoch in range(1, settings.epochs + 1):
+    sampler_rng = getattr(train_loader, "generator", None)  # draws each epoch's order (and worker seeds)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        if resume.get("objective") is not None:
+            objective.load_resumable_state(resume["objective"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        done, global_step = int(resume["epoch"]), int(resume["global_step"])
+        best_val, best_epoch, best_test = (
+            resume["best_val_acc"],
+            resume["best_epoch"],
+            resume["best_test_acc"],
+        )
+        best_state, history = resume["best_model"], list(resume["history"])
+        if sampler_rng is not None and resume.get("sampler_rng") is not None:
+            sampler_rng.set_state(resume["sampler_rng"])
+        if resume.get("partial_epoch") is not None:
+            partial = EpochTotals.from_state(resume["partial_epoch"], device, resume["rng"])
+        else:
+            checkpoint.restore_rng_states(resume["rng"])
+        log.info(
+            "%s: resuming after epoch %d%s (step %d)",
+            name,
+            done,
+            f" + {partial.steps} steps" if partial else "",
+            global_step,
+        )
+
+    def save_last(epoch_done: int, totals: EpochTotals | None, epoch_sampler_rng: Any) -> None:
+        assert last_path is not None
+        state = {
+            "format": LAST_FORMAT,
+            "name": name,
+            "epoch": epoch_done,
+            "global_step": global_step,
+            "model": model.state_dict(),
+            "objective": objective.resumable_state() if hasattr(objective, "resumable_state") else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best_val_acc": best_val,
+            "best_epoch": best_epoch,
+            "best_test_acc": best_test,
+            "best_model": best_state,
+            "history": history,
+            "partial_epoch": totals.state() if totals is not None else None,
+            "sampler_rng": epoch_sampler_rng,
+            "rng": checkpoint.rng_states(),
+            "finished": epoch_done == settings.epochs and totals is None,
+        }
+        checkpoint.atomic_save(state | (checkpoint_extra() if checkpoint_extra else {}), last_path)
+
+    for epoch in range(done + 1, settings.epochs + 1):
         start = time.perf_counter()
         if start_epoch is not None:
             start_epoch(epoch, settings.epochs)
         lr = optimizer.param_groups[0]["lr"]
+        epoch_sampler_rng = sampler_rng.get_state() if sampler_rng is not None else None
+
+        def after_step(
+            step: int, totals: EpochTotals, epoch: int = epoch, rng: Any = epoch_sampler_rng
+        ) -> None:
+            nonlocal global_step
+            global_step += 1
+            stop = should_stop is not None and should_stop()
+            due = bool(checkpoint_every_steps) and global_step % checkpoint_every_steps == 0
+            if last_path is not None and (stop or due):
+                save_last(epoch - 1, totals, rng)
+            if stop:
+                where = f"checkpoint {last_path}" if last_path is not None else "no checkpoint for this loop"
+                raise Preempted(f"{name}: stopped after epoch {epoch - 1} + {step + 1} steps; {where}")
+
         train_stats = train_one_epoch(
             objective,
             train_loader,
@@ -283,7 +432,10 @@ def fit(
             progress_every=progress_every,
             last_good=last_path,
             epoch=epoch,
+            partial=partial,
+            after_step=after_step,
         )
+        partial = None
         scheduler.step()
         val = evaluate(model, val_loader, device, settings.limit_eval_batches)
         metrics = {f"train/{k}": v for k, v in train_stats.items()} | val.as_metrics("val") | {"lr": lr}
@@ -319,18 +471,9 @@ def fit(
                 checkpoint.atomic_save(
                     {"epoch": epoch, "val_acc": val.acc, "model": best_state}, checkpoint_dir / "best.pt"
                 )
-            checkpoint.atomic_save(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "best_val_acc": best_val,
-                    "best_epoch": best_epoch,
-                    "rng": checkpoint.rng_states(),
-                },
-                last_path,
-            )
+            save_last(epoch, None, sampler_rng.get_state() if sampler_rng is not None else None)
+        if should_stop is not None and should_stop() and epoch < settings.epochs:
+            raise Preempted(f"{name}: stopped after epoch {epoch}; checkpoint {last_path}")
     test_last = evaluate(model, test_loader, device, settings.limit_eval_batches)
     assert best_state is not None
     model.load_state_dict(best_state)

@@ -43,6 +43,18 @@ class NoTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Nothing to record."""
 
+    def find_runs(self, identity: str) -> list[Any]:
+        """No store to look in: no earlier runs are known."""
+        return []
+
+    def reattach(self, run_id: str, tags: dict[str, str]) -> bool:
+        """Nothing to reattach to."""
+        return False
+
+    def read_json_artifact(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """No artifacts are kept."""
+        return None
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Nothing to upload."""
 
@@ -117,6 +129,51 @@ class MLflowTracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, self.experiment, self.uri)
+
+    def find_runs(self, identity: str) -> list[Any]:
+        """Active runs of this experiment with job identity ``identity``, newest first."""
+        from seal_exp.identity import IDENTITY_TAG
+
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return []
+        return list(
+            self.client.search_runs(
+                [found.experiment_id],
+                filter_string=f"tags.`{IDENTITY_TAG}` = '{identity}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=100,
+            )
+        )
+
+    def reattach(self, run_id: str, tags: dict[str, str]) -> bool:
+        """Continue an interrupted run (a resumed job): RUNNING again, tags refreshed; False if it is gone."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        resumed = int(run.data.tags.get("resumed", "0")) + 1
+        for key, value in {**tags, "resumed": str(resumed)}.items():
+            self.client.set_tag(run_id, key, value)
+        log.info("MLflow run %s reattached (resume #%d)", run_id, resumed)
+        return True
+
+    def read_json_artifact(self, run_id: str, name: str) -> dict[str, Any] | None:
+        """A JSON artifact of a run (a finished job's ``summary.json``), or None when it has none."""
+        import json
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                return json.loads(Path(self.client.download_artifacts(run_id, name, tmp)).read_text())
+        except Exception:
+            return None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -9,6 +9,7 @@ read or any GPU touched.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 import traceback
@@ -23,15 +24,17 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from seal_exp import report
+from seal_exp import checkpoint, preemption, report
 from seal_exp import teacher as teachers
 from seal_exp.config import ConfigError, build, flatten, invalid
 from seal_exp.data import DataSplits, make_loader
 from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
-from seal_exp.engine import FitResult, LoopSettings, TrainerSettings, evaluate, fit
+from seal_exp.engine import LAST_FORMAT, FitResult, LoopSettings, TrainerSettings, evaluate, fit
+from seal_exp.identity import IDENTITY_TAG, config_differences, identity_config, job_identity
 from seal_exp.models import build_student, build_teacher
 from seal_exp.models.neurons import kernel_in_use
+from seal_exp.preemption import Preempted
 from seal_exp.seeding import isolated_torch_rng, seed_everything
 from seal_exp.tracking import git_tags, job_context
 
@@ -107,10 +110,23 @@ def prepare(cfg: DictConfig) -> Plan:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job and return its summary (also written to ``<output>/summary.json``)."""
+    """Run one job and return its summary (also written to ``<output>/summary.json``).
+
+    A job whose identity (:mod:`seal_exp.identity`) already has a FINISHED run in the tracking store
+    is not trained again (``skip_finished``); a job that finds ``last.pt`` in its folder, or an
+    interrupted run of the same identity with one, continues from it (``resume``).
+    """
     started = time.perf_counter()
     plan = prepare(cfg)
     out = Path(str(cfg.paths.output))
+    identity_cfg = identity_config(cfg)
+    identity = job_identity(identity_cfg)
+    earlier = plan.tracker.find_runs(identity) if plan.stage == "distill" else []
+    if cfg.skip_finished:
+        finished = next((r for r in earlier if r.info.status == "FINISHED"), None)
+        if finished is not None:
+            return _already_finished(finished, plan, out, identity)
+    resume = _resume_point(cfg, plan, out, identity_cfg, earlier)
     out.mkdir(parents=True, exist_ok=True)
     context = job_context()
     model = plan.student if plan.student is not None else plan.teacher
@@ -121,34 +137,125 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "spikingjelly.kernel": kernel_in_use(model, plan.device),
         "torch.version": torch.__version__,
         "output_dir": str(out.resolve()),
+        IDENTITY_TAG: identity,
         **git_tags(),
         **context["tags"],
     }
     params = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     run_name = f"{plan.stage}:{tags['distiller']}" if plan.stage == "distill" else "teacher"
-    plan.tracker.start(run_name, params, tags, context["parent_run_id"])
-    try:
-        plan.tracker.log_artifact(out / ".hydra", ".hydra")
-        summary = _execute(cfg, plan, out)
-        summary["wall_s"] = round(time.perf_counter() - started, 2)
-        summary["mlflow_run_id"] = plan.tracker.run_id
-        report.write_summary(out / "summary.json", summary)
-        plan.tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
-        for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
-            plan.tracker.log_artifact(out / name)
-    except BaseException as exc:
+    if not (resume and resume.get("mlflow_run_id") and plan.tracker.reattach(resume["mlflow_run_id"], tags)):
+        plan.tracker.start(run_name, params, tags, context["parent_run_id"])
+
+    earlier_wall = float(resume.get("wall_s", 0.0)) if resume else 0.0  # the attempts before this one
+
+    def record() -> dict[str, Any]:  # what every last.pt carries besides the training state
+        return {
+            "config": identity_cfg,
+            "identity": identity,
+            "mlflow_run_id": plan.tracker.run_id,
+            "wall_s": earlier_wall + time.perf_counter() - started,
+        }
+
+    with preemption.deferred() as guard:
         try:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            plan.tracker.finish(status, traceback.format_exc())
-        except Exception:  # never let the tracker hide the real error
-            log.exception("could not close the tracked run")
-        raise
+            plan.tracker.log_artifact(out / ".hydra", ".hydra")
+            summary = _execute(cfg, plan, out, resume, record, guard.requested)
+            summary["wall_s"] = round(earlier_wall + time.perf_counter() - started, 2)
+            summary["mlflow_run_id"] = plan.tracker.run_id
+            summary["identity"] = identity
+            report.write_summary(out / "summary.json", summary)
+            plan.tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
+            for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
+                plan.tracker.log_artifact(out / name)
+        except Preempted as exc:
+            log.warning("%s; handing over to the scheduler (the next start resumes from it)", exc)
+            try:
+                plan.tracker.finish("KILLED")
+            except Exception:
+                log.exception("could not close the tracked run")
+            guard.hand_over()
+            raise
+        except BaseException as exc:
+            try:
+                status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+                plan.tracker.finish(status, traceback.format_exc())
+            except Exception:  # never let the tracker hide the real error
+                log.exception("could not close the tracked run")
+            raise
     plan.tracker.finish("FINISHED")
     print(_last_line(summary, out, plan.tracker.run_id), flush=True)
     return summary
 
 
-def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
+def _already_finished(run: Any, plan: Plan, out: Path, identity: str) -> dict[str, Any]:
+    """Report the earlier run and copy its summary here, so this sweep's folder is complete too."""
+    earlier_out = Path(run.data.tags.get("output_dir", ""))
+    if (earlier_out / "summary.json").is_file():
+        summary = report.read_summary(earlier_out / "summary.json")
+    else:  # that folder is gone (another machine, cleaned up): the copy tracked with the run
+        summary = plan.tracker.read_json_artifact(run.info.run_id, "summary.json") or {}
+    summary |= {"skipped": True, "reused_run": run.info.run_id, "identity": identity}
+    if summary.get("stage") is not None and out.resolve() != earlier_out.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_summary(out / "summary.json", summary)
+    acc = summary.get("test_acc")
+    print(
+        f"already finished: MLflow run {run.info.run_id} (identity {identity}, folder {earlier_out}"
+        + (f", test accuracy {acc:.2f}%" if acc is not None else "")
+        + "); nothing to train. Pass skip_finished=false to train it again.",
+        flush=True,
+    )
+    return summary
+
+
+def _resume_point(
+    cfg: DictConfig, plan: Plan, out: Path, identity_cfg: dict[str, str], earlier: list[Any]
+) -> dict[str, Any] | None:
+    """The ``last.pt`` this job continues from, checked against its config, or None to start fresh."""
+    if plan.stage != "distill":
+        return None
+    path = out / "last.pt"
+    if path.is_file() and not cfg.resume:
+        raise ConfigError(
+            f"resume=false but {path} exists: set resume=true to continue it, or give the run another "
+            "folder (hydra.run.dir=...) so that checkpoint is not overwritten."
+        )
+    if not cfg.resume:
+        return None
+    if not path.is_file():  # a relaunched sweep: an interrupted run of the same job left a checkpoint
+        folders = [Path(r.data.tags.get("output_dir", "")) for r in earlier if r.info.status != "FINISHED"]
+        path = next((f / "last.pt" for f in folders if (f / "last.pt").is_file()), path)
+    if not path.is_file():
+        return None
+    try:
+        state = checkpoint.load(path)
+    except Exception as exc:
+        raise ConfigError(f"cannot read {path} to resume from it ({exc}); move it away to restart") from exc
+    if not isinstance(state, dict) or state.get("format") != LAST_FORMAT or "config" not in state:
+        raise ConfigError(
+            f"{path} is not a resumable seal-exp checkpoint (format {LAST_FORMAT}); move it away to start "
+            "afresh, or give the run another folder (hydra.run.dir=...)."
+        )
+    differences = config_differences(state["config"], identity_cfg)
+    if differences:
+        raise ConfigError(
+            f"{path} was written with a different config, so this run cannot resume it:\n  - "
+            + "\n  - ".join(differences)
+            + "\nPut those keys back to resume, or give the run another folder (hydra.run.dir=... / "
+            "hydra.sweep.dir=...) to start a new one."
+        )
+    log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["global_step"])
+    return state
+
+
+def _execute(
+    cfg: DictConfig,
+    plan: Plan,
+    out: Path,
+    resume: dict[str, Any] | None,
+    record: Any,
+    should_stop: Any,
+) -> dict[str, Any]:
     settings, device = plan.settings, plan.device
     log.info("loading %s", cfg.dataset.name)
     data = plan.dataset.load()
@@ -177,7 +284,7 @@ def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
     if plan.teacher is not None:
         plan.teacher.to(device)
         if plan.teacher_source.needs_training:
-            plan.teacher_record = _train_teacher(cfg, plan, data, val_loader, test_loader)
+            plan.teacher_record = _train_teacher(cfg, plan, data, val_loader, test_loader, should_stop)
             teacher_test = plan.teacher_record["test_acc"]
         else:  # measured on this run's test split, whatever split it was trained with
             teacher_test = evaluate(plan.teacher, test_loader, device, settings.limit_eval_batches).acc
@@ -221,12 +328,16 @@ def _execute(cfg: DictConfig, plan: Plan, out: Path) -> dict[str, Any]:
         name="student",
         test_every_epoch=settings.test_every_epoch and not data.val_is_test,
         checkpoint_dir=out,
+        resume=resume,
+        checkpoint_every_steps=settings.checkpoint_every_steps,
+        should_stop=should_stop,
+        checkpoint_extra=record,
     )
     return summary | _student_summary(cfg, result, out, summary["teacher_test_acc"], data.val_is_test)
 
 
 def _train_teacher(
-    cfg: DictConfig, plan: Plan, data: Any, val_loader: Any, test_loader: Any
+    cfg: DictConfig, plan: Plan, data: Any, val_loader: Any, test_loader: Any, should_stop: Any
 ) -> dict[str, Any]:
     """Train the teacher into the cache, unless a parallel job finished the same one while we waited."""
     path = plan.teacher_source.path
@@ -235,7 +346,7 @@ def _train_teacher(
         if path.is_file():
             log.info("another job trained this teacher meanwhile; reusing %s", path)
             return teachers.load_into(plan.teacher, plan.teacher_source, cfg)
-        val_acc, test_acc, best_epoch = _fit_teacher(cfg, plan, data, val_loader, test_loader)
+        val_acc, test_acc, best_epoch = _fit_teacher(cfg, plan, data, val_loader, test_loader, should_stop)
         return teachers.save(
             plan.teacher,
             path,
@@ -248,7 +359,7 @@ def _train_teacher(
 
 
 def _fit_teacher(
-    cfg: DictConfig, plan: Plan, data: DataSplits, val_loader: Any, test_loader: Any
+    cfg: DictConfig, plan: Plan, data: DataSplits, val_loader: Any, test_loader: Any, should_stop: Any
 ) -> tuple[float, float, int]:
     """Validation and test accuracy of the teacher to cache, and its epoch (0: the initial weights)."""
     loop = plan.teacher_loop
@@ -271,6 +382,10 @@ def _fit_teacher(
         loop.batch_size,
         shuffle=True,
     )
+    # an interrupted teacher training (timeout, preemption) continues from here; the folder goes once
+    # the teacher is in the cache
+    partial_dir = plan.teacher_source.path.with_suffix(".partial")
+    resume = checkpoint.load(partial_dir / "last.pt") if (partial_dir / "last.pt").is_file() else None
     result = fit(
         objective=teachers.Supervised(plan.teacher),
         model=plan.teacher,
@@ -288,7 +403,11 @@ def _fit_teacher(
         ),
         name="teacher",
         test_every_epoch=False,
+        checkpoint_dir=partial_dir,
+        resume=resume,
+        should_stop=should_stop,
     )
+    shutil.rmtree(partial_dir, ignore_errors=True)
     return result.best_val_acc, result.test_best.acc, result.best_epoch
 
 

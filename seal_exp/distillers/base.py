@@ -91,8 +91,33 @@ class Distiller(nn.Module, abc.ABC):
         if not hasattr(self, "_generators"):
             self.seed_noise(0)
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self._noise_seed)
+            gen = torch.Generator(device=device).manual_seed(self._noise_seed)
+            saved = getattr(self, "_saved_noise", {}).pop(str(device), None)
+            if saved is not None:  # a resumed run continues the noise stream where it stopped
+                gen.set_state(saved)
+            self._generators[device] = gen
         return self._generators[device]
+
+    def resumable_state(self) -> dict:
+        """What ``last.pt`` needs besides the student's weights: added modules and the noise streams."""
+        generators = getattr(self, "_generators", {})
+        return {
+            "modules": [m.state_dict() for m in self.learnable_modules() if m is not self.student],
+            "noise": {str(d): g.get_state() for d, g in generators.items()}
+            | getattr(self, "_saved_noise", {}),
+        }
+
+    def load_resumable_state(self, state: dict) -> None:
+        extra = [m for m in self.learnable_modules() if m is not self.student]
+        if len(extra) != len(state["modules"]):
+            raise ValueError(
+                f"{type(self).__name__}: the checkpoint holds {len(state['modules'])} added module(s), "
+                f"this distiller has {len(extra)}"
+            )
+        for module, module_state in zip(extra, state["modules"], strict=True):
+            module.load_state_dict(module_state)
+        self._generators = {}
+        self._saved_noise = dict(state["noise"])
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

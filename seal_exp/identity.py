@@ -1,0 +1,73 @@
+"""A job's identity: the hash of what decides its results, so relaunching a sweep can find earlier jobs.
+
+Two jobs with the same identity train the same model from the same data with the same method and
+seed; they may differ only in where files go and how the run is watched (output and data paths,
+tracking, progress bars, loader workers, the device, checkpoint frequency). The identity is recorded
+as the MLflow tag ``seal.identity`` and in every ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from seal_exp.config import flatten
+
+IDENTITY_TAG = "seal.identity"
+
+# Dotted keys (or key prefixes) that say where and how a job runs, not what it computes.
+EXCLUDED = (
+    "hydra",
+    "paths",
+    "tracking",
+    "resume",
+    "skip_finished",
+    "dataset.root",
+    "teacher.cache_dir",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.progress_every",
+    "trainer.num_workers",
+    "trainer.pin_memory",
+    "trainer.persistent_workers",
+    "trainer.checkpoint_every_steps",
+)
+
+
+def _excluded(key: str) -> bool:
+    return any(key == e or key.startswith(e + ".") for e in EXCLUDED)
+
+
+def identity_config(cfg: DictConfig) -> dict[str, str]:
+    """The flattened, resolved config without the keys in :data:`EXCLUDED`.
+
+    Excluded values are blanked before resolving, so the identity can be computed outside a running
+    job too (``paths.output`` needs Hydra's runtime), e.g. by ``python -m seal_exp.sweep status``.
+    """
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    with open_dict(plain):
+        for key in EXCLUDED:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(plain, parent) if parent else plain
+            if isinstance(node, DictConfig) and leaf in node:
+                node[leaf] = None
+    return {k: v for k, v in sorted(flatten(plain).items()) if not _excluded(k)}
+
+
+def job_identity(cfg: DictConfig | dict[str, Any]) -> str:
+    """A 16-hex-digit hash of :func:`identity_config` (or of an already flattened one)."""
+    flat = cfg if isinstance(cfg, dict) else identity_config(cfg)
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_differences(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """``key: before -> now`` for every key whose value differs (or exists on one side only)."""
+    missing = "(absent)"
+    return [
+        f"{k}: {before.get(k, missing)} -> {now.get(k, missing)}"
+        for k in sorted(before.keys() | now.keys())
+        if before.get(k, missing) != now.get(k, missing)
+    ]

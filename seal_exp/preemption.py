@@ -1,0 +1,90 @@
+"""The cluster's pre-timeout signal, deferred to the next optimiser-step boundary.
+
+submitit asks SLURM (``--signal=USR2@<signal_delay_s>``) or its local controller to send a signal
+shortly before the time limit, and its own handler checkpoints the submission and requeues the job
+at once. Stopping mid-step would lose the step, so :func:`deferred` records the signal instead; the
+engine notices it at the next step boundary, writes ``last.pt`` and raises :class:`Preempted`, and
+:meth:`Guard.hand_over` then calls submitit's handler, which requeues the job (and exits). Outside
+submitit the process exits after the checkpoint; the next start resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def preemption_signal() -> signal.Signals:
+    """The signal submitit uses (``SUBMITIT_PREEMPT_SIGNAL``, default USR2)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return signal.Signals[f"SIG{name}" if not name.startswith("SIG") else name]
+
+
+class Preempted(RuntimeError):
+    """Training stopped at a step boundary after the pre-timeout signal; ``last.pt`` is written."""
+
+
+class Guard:
+    """Records the signal; :meth:`hand_over` gives it to whatever handled it before (submitit)."""
+
+    def __init__(self, signum: signal.Signals, previous: Any) -> None:
+        self.signum, self.previous = signum, previous
+        self.received_at: float | None = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.received_at is None:
+            self.received_at = time.time()
+            log.warning(
+                "received %s (time limit close): saving a checkpoint at the next step boundary",
+                signal.Signals(signum).name,
+            )
+
+    def requested(self) -> bool:
+        return self.received_at is not None
+
+    def hand_over(self) -> None:
+        """After the checkpoint: let submitit requeue the job, or exit when no one else handles it."""
+        signal.signal(self.signum, self.previous)
+        if callable(self.previous):
+            self.previous(int(self.signum), None)  # submitit: dump the submission, requeue, exit
+        raise SystemExit(128 + int(self.signum))
+
+
+class _NoGuard:
+    """Where no handler can be installed (not the main thread): nothing is ever requested."""
+
+    received_at = None
+
+    def requested(self) -> bool:
+        return False
+
+    def hand_over(self) -> None:
+        raise SystemExit(1)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[Guard | _NoGuard]:
+    """Install the deferring handler for the duration of a job, then restore the previous one."""
+    signum = preemption_signal()
+    if threading.current_thread() is not threading.main_thread():
+        yield _NoGuard()
+        return
+    previous = signal.getsignal(signum)
+    if previous == signal.SIG_IGN:
+        yield _NoGuard()
+        return
+    guard = Guard(signum, previous)
+    signal.signal(signum, guard._on_signal)
+    try:
+        yield guard
+    finally:
+        if signal.getsignal(signum) == guard._on_signal:
+            signal.signal(signum, previous)

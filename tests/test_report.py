@@ -1,0 +1,293 @@
+"""python -m seal_exp.report: a sweep's tables and heatmaps, from its folder or its parent MLflow run.
+
+Fake sweeps (no training): a 2×2×2 α × β × T grid × 2 seeds with known accuracies, one job unfinished.
+Every expected number is computed here from those accuracies, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+
+from seal_exp.report import main, read_sweep_dir, write_report
+
+ALPHAS, BETAS, TS, SEEDS = ("0.3", "0.6"), ("0.1", "0.2"), ("2", "4"), ("0", "1")
+GRID = list(itertools.product(ALPHAS, BETAS, TS, SEEDS))  # job n is GRID[n], in Hydra's order
+ACC = [91.2, 92.6, 93.0, 94.4, 90.1, 0.0, 95.5, 94.7, 96.3, 95.1, 97.2, 96.8, 93.9, 95.3, 97.9, 98.6]
+UNFINISHED = 5  # α=0.3, β=0.2, T=2, seed=1
+METRICS = [
+    "test_acc",
+    "test_acc_last",
+    "best_test_acc_over_epochs",
+    "best_val_acc",
+    "teacher_test_acc",
+    "wall_s",
+]
+
+
+def overrides(n: int) -> list[str]:
+    a, b, t, s = GRID[n]
+    return [f"distiller.alpha={a}", f"distiller.beta={b}", f"neuron.T={t}", f"seed={s}", "trainer.epochs=3"]
+
+
+def summary(n: int) -> dict:
+    t, s = GRID[n][2:]
+    return {
+        "stage": "distill",
+        "dataset": "mnist5k",
+        "test_acc": ACC[n],
+        "test_acc_last": ACC[n] - 0.5 * (n % 3),
+        "best_test_acc_over_epochs": ACC[n] + 0.4,
+        "best_val_acc": ACC[n] + 1.0,
+        "teacher_test_acc": 97.8,
+        "wall_s": 10.0 + n,
+        "epochs": 3,
+        "T": int(t),
+        "seed": int(s),
+    }
+
+
+def metric(n: int, key: str) -> float:
+    return summary(n)[key]
+
+
+def make_sweep(folder: Path, unfinished: set[int] = frozenset({UNFINISHED})) -> Path:
+    """A Hydra multirun folder as ``python -m seal_exp.train -m …`` leaves it (the files the report reads)."""
+    for n in range(len(GRID)):
+        hydra = folder / str(n) / ".hydra"
+        hydra.mkdir(parents=True)
+        (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides(n)))
+        (hydra / "config.yaml").write_text("seed: 0\n")
+        (hydra / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      distiller: seal\n")
+        if n not in unfinished:
+            (folder / str(n) / "summary.json").write_text(json.dumps(summary(n)))
+    return folder
+
+
+def finished(a: str, b: str, t: str) -> list[int]:
+    return [n for n, g in enumerate(GRID) if g[:3] == (a, b, t) and n != UNFINISHED]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowClient, str]:
+    """One temporary SQLite MLflow store for the module (creating one takes seconds)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("seal-exp/mnist5k", artifact_location=str(root / "mlartifacts"))
+    return uri, client, experiment
+
+
+def report_artifacts(client: MlflowClient, run_id: str) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, "report")}
+
+
+def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per_T(tmp_path, store, capsys):
+    uri, client, experiment = store
+    sweep = make_sweep(tmp_path / "multirun" / "2026-11-21" / "10-00-00")
+    parent = client.create_run(experiment, run_name="sweep", tags={"sweep.parent": "true"}).info.run_id
+    (sweep / "mlflow_parent_run_id").write_text(parent)
+    (sweep / "mlflow_tracking_uri").write_text(uri)
+
+    result = write_report(read_sweep_dir(sweep), sweep)
+
+    # every job, one row each, the swept keys (not the constant trainer.epochs) and the metrics as columns
+    with (sweep / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "job",
+        "distiller.alpha",
+        "distiller.beta",
+        "neuron.T",
+        "seed",
+        "status",
+        *METRICS,
+        "mlflow_run_id",
+    ]
+    assert [r["job"] for r in rows] == [str(n) for n in range(16)]
+    for n, r in enumerate(rows):
+        assert (r["distiller.alpha"], r["distiller.beta"], r["neuron.T"], r["seed"]) == GRID[n]
+        if n == UNFINISHED:
+            assert r["status"] == "unfinished" and all(r[m] == "" for m in METRICS)
+        else:
+            assert r["status"] == "finished"
+            assert all(float(r[m]) == pytest.approx(metric(n, m)) for m in METRICS)
+    text = (sweep / "report.md").read_text()
+    assert "| 5 | 0.3 | 0.2 | 2 | 1 | unfinished | – | – |" in text
+    assert f"| 0 | 0.3 | 0.1 | 2 | 0 | finished | {ACC[0]:.2f} | {metric(0, 'test_acc_last'):.2f} |" in text
+    assert (
+        "16 job(s), 15 finished, 1 unfinished; swept: distiller.alpha, distiller.beta, neuron.T, seed" in text
+    )
+    assert "Did not finish (no summary.json; see each job's train.log): job 5." in text
+
+    # the mean ± sample sd over seeds of each (α, β, T), computed here
+    for a, b, t in itertools.product(ALPHAS, BETAS, TS):
+        jobs = finished(a, b, t)
+        cells = []
+        for m in ("test_acc", "test_acc_last"):
+            values = [metric(n, m) for n in jobs]
+            mean = statistics.fmean(values)
+            cells.append(f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}")
+        seeds = ",".join(GRID[n][3] for n in jobs)
+        assert f"| {a} | {b} | {t} | {len(jobs)} | {seeds} | {cells[0]} | {cells[1]} |" in text
+    assert "| 0.3 | 0.2 | 2 | 1 | 0 | 90.10 | 89.60 |" in text  # the unfinished seed is left out
+
+    # one panel per T, α across, β up, each cell the mean test accuracy over its finished seeds
+    assert result.heatmap == ("distiller.alpha", "distiller.beta")
+    assert [p.title for p in result.panels] == ["neuron.T=2", "neuron.T=4"]
+    for panel, t in zip(result.panels, TS, strict=True):
+        assert panel.x_values == list(ALPHAS) and panel.y_values == list(BETAS)
+        assert panel.cells == {
+            (a, b): f"{statistics.fmean(ACC[n] for n in finished(a, b, t)):.2f}"
+            for a, b in itertools.product(ALPHAS, BETAS)
+        }
+    height, width, _ = matplotlib.image.imread(sweep / "report_heatmap.png").shape
+    assert width > 1.5 * height  # the two panels side by side
+    assert "![mean test accuracy](report_heatmap.png)" in text
+
+    assert result.attached_to == parent
+    assert report_artifacts(client, parent) == {
+        "report/report.md",
+        "report/report.csv",
+        "report/report_heatmap.png",
+    }
+
+    # the command line prints the Markdown and says where the files are
+    capsys.readouterr()
+    assert main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "## Mean ± sample sd over seeds" in out
+    assert f"report files: report.md, report.csv, report_heatmap.png in {sweep}" in out
+    assert f"attached to MLflow run {parent} under report/" in out
+
+
+def test_the_heatmap_leaves_combinations_without_a_finished_job_blank(tmp_path):
+    gone = {n for n, g in enumerate(GRID) if g[:3] == ("0.6", "0.2", "4")}  # both seeds of one cell
+    sweep = make_sweep(tmp_path / "sweep", unfinished=gone)
+    result = write_report(read_sweep_dir(sweep), tmp_path / "out")
+    t4 = result.panels[1]
+    assert t4.title == "neuron.T=4" and ("0.6", "0.2") not in t4.cells and len(t4.cells) == 3
+    assert len(result.panels[0].cells) == 4
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.6 | 0.2 | 4 | 0 | – | – |" in text  # n = 0, no mean
+    assert result.attached_to is None  # the sweep was not tracked
+    assert not (sweep / "report.md").exists()  # --out DIR: the sweep folder is left alone
+
+    # any other pair of swept keys: T across, α up, one panel per β
+    other = write_report(read_sweep_dir(sweep), tmp_path / "out", heatmap=("neuron.T", "distiller.alpha"))
+    assert [p.title for p in other.panels] == ["distiller.beta=0.1", "distiller.beta=0.2"]
+    assert other.panels[0].x_values == list(TS) and other.panels[0].y_values == list(ALPHAS)
+
+
+def test_a_parent_mlflow_run_gives_the_same_tables_as_its_folder(tmp_path, store, capsys):
+    uri, client, experiment = store
+    parent = client.create_run(experiment, run_name="sweep b", tags={"sweep.parent": "true"}).info.run_id
+    first_try = {"mlflow.parentRunId": parent, "hydra.job.num": "3", "hydra.overrides": "seed=1"}
+    client.set_terminated(client.create_run(experiment, start_time=1, tags=first_try).info.run_id, "FAILED")
+    for n in range(len(GRID)):
+        tags = {
+            "mlflow.parentRunId": parent,
+            "hydra.job.num": str(n),
+            "hydra.overrides": " ".join(overrides(n)),
+        }
+        child = client.create_run(experiment, run_name="distill:SeAl", tags=tags).info.run_id
+        a, b, t, s = GRID[n]
+        params = {"distiller.alpha": a, "distiller.beta": b, "neuron.T": t, "seed": s, "trainer.epochs": "3"}
+        client.log_batch(child, params=[Param(k, v) for k, v in params.items()])
+        if n == UNFINISHED:
+            client.set_terminated(child, "FAILED")
+            continue
+        path = tmp_path / "artifacts" / str(n) / "summary.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(summary(n)))
+        client.log_artifact(child, str(path))
+        client.set_terminated(child, "FINISHED")
+
+    # no sweep folder on this machine: --out is required, and nothing is written without it
+    assert main([parent, "--tracking-uri", uri]) == 2
+    assert "pass --out DIR" in capsys.readouterr().err
+    assert report_artifacts(client, parent) == set()
+
+    out = tmp_path / "report"
+    assert main([parent, "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert f"in {out}" in capsys.readouterr().out
+    folder = write_report(read_sweep_dir(make_sweep(tmp_path / "sweep")), tmp_path / "from-folder")
+
+    def tables(text: str) -> str:
+        return text[text.index("## All jobs") : text.index("## Heatmap")]
+
+    from_run = (out / "report.md").read_text()
+    assert tables(from_run) == tables(folder.markdown)
+    assert "job 5 (MLflow status FAILED)" in from_run
+    with (out / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16  # the failed first try of job 3 gives way to its finished run
+    assert [float(r["test_acc"]) for r in rows if r["status"] == "finished"] == [
+        a for n, a in enumerate(ACC) if n != UNFINISHED
+    ]
+    assert report_artifacts(client, parent) == {
+        "report/report.md",
+        "report/report.csv",
+        "report/report_heatmap.png",
+    }
+
+
+def test_fewer_than_two_numeric_swept_keys_means_no_heatmap_and_the_report_says_so(tmp_path):
+    for n, (distiller, seed) in enumerate(itertools.product(("kd", "none"), (0, 1))):
+        (tmp_path / str(n) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(n) / ".hydra" / "overrides.yaml").write_text(
+            f"- distiller={distiller}\n- seed={seed}\n"
+        )
+        (tmp_path / str(n) / "summary.json").write_text(json.dumps({"test_acc": 90.0 + n, "seed": seed}))
+    (tmp_path / "report_heatmap.png").write_bytes(b"from an earlier report")
+    result = write_report(read_sweep_dir(tmp_path), tmp_path)
+    assert result.heatmap is None and result.panels == []
+    assert "No heatmap: fewer than two numeric swept keys besides the seed (swept: distiller, seed)." in (
+        result.markdown
+    )
+    assert "| kd | 2 | 0,1 | 90.50 ± 0.71 |" in result.markdown
+    assert not (tmp_path / "report_heatmap.png").exists()  # a stale one would contradict the table
+
+
+def test_bad_inputs_are_refused_with_what_to_pass_before_anything_is_written(tmp_path, store, capsys):
+    uri, client, experiment = store
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("not a job")
+    before = sorted(tmp_path.rglob("*"))
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is not a sweep folder" in err and "pass a Hydra multirun folder" in err
+    assert "mlflow_parent_run_id" in err
+
+    (tmp_path / "one-run" / ".hydra").mkdir(parents=True)
+    assert main([str(tmp_path / "one-run")]) == 2
+    assert "a single run's folder, not a sweep" in capsys.readouterr().err
+
+    assert main(["0123456789abcdef0123456789abcdef", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert f"no MLflow run '0123456789abcdef0123456789abcdef' in {uri}" in err and "multirun" in err
+
+    missing_store = tmp_path / "elsewhere" / "mlflow.db"
+    assert main(["0123456789abcdef", "--tracking-uri", f"sqlite:///{missing_store}"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err and not missing_store.parent.exists()
+
+    lonely = client.create_run(experiment, run_name="alone").info.run_id
+    assert main([lonely, "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
+    assert f"MLflow run {lonely} in {uri} has no child runs" in capsys.readouterr().err
+
+    sweep = make_sweep(tmp_path / "sweep")
+    assert main([str(sweep), "--heatmap", "neuron.T,optim.lr"]) == 2
+    assert "--heatmap: optim.lr not swept in this sweep" in capsys.readouterr().err
+    assert not (sweep / "report.md").exists()
+    assert sorted(p for p in tmp_path.rglob("*") if p.parent == tmp_path / "notes") == [
+        p for p in before if p.parent == tmp_path / "notes"
+    ]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "report.md").exists()

@@ -1,0 +1,281 @@
+"""Jobs that survive being killed: exact resume, config checks, the pre-timeout signal, skipped reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from seal_exp import checkpoint
+from seal_exp.config import ConfigError
+from seal_exp.data.embedded import EmbeddedImages
+from seal_exp.engine import EpochTotals
+from seal_exp.identity import identity_config, job_identity
+from seal_exp.train import train
+from tests.conftest import REPO, make_cfg
+
+# NLD draws noise every step from the run's generator, so its stream must be resumed too.
+RUN = (
+    "dataset=digits",
+    "debug=smoke",
+    "distiller=nld",
+    "trainer.epochs=3",
+    "trainer.limit_train_batches=5",
+    "trainer.checkpoint_every_steps=1",
+)
+TOTAL_STEPS = 15
+RESULT_KEYS = (
+    "test_acc",
+    "test_acc_last",
+    "best_val_acc",
+    "best_epoch",
+    "best_test_acc_over_epochs",
+    "per_timestep_test_acc",
+    "prefix_mean_test_acc",
+    "teacher_test_acc",
+    "epochs",
+)
+
+
+def results(summary: dict) -> dict:
+    return {k: summary[k] for k in RESULT_KEYS}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    sa, sb = checkpoint.load(a)["model"], checkpoint.load(b)["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def store(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root}/mlflow.db")
+
+
+def student_runs(root: Path) -> list:
+    client = store(root)
+    return [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+        if r.data.tags.get("stage") == "distill"
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every interrupted one must reproduce bit for bit."""
+    root = tmp_path_factory.mktemp("reference")
+    summary = train(make_cfg(root, RUN, output=root / "out"))
+    return root, summary
+
+
+def share_teacher(reference_root: Path, root: Path) -> None:
+    """Reuse the reference run's cached teacher, so a test's step counts are the student's alone."""
+    (root / ".cache").mkdir(parents=True, exist_ok=True)
+    os.symlink(reference_root / ".cache" / "teachers", root / ".cache" / "teachers")
+
+
+class Interrupt(Exception):
+    """Stands in for a job killed between two steps."""
+
+
+def interrupt_at(monkeypatch, global_step: int) -> None:
+    """Make the engine die right after the checkpoint of ``global_step`` (1-based) is written."""
+    calls = {"n": 0}
+    original = EpochTotals.add
+
+    def add(self, *args, **kwargs):
+        if calls["n"] == global_step:
+            raise Interrupt(f"killed before step {global_step + 1}")
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpochTotals, "add", add)
+
+
+@pytest.mark.slow
+def test_a_job_sigkilled_mid_training_resumes_to_the_same_numbers_and_weights(tmp_path, reference):
+    """The acceptance test: SIGKILL after a random step, restart the same command, compare bit for bit."""
+    ref_root, ref_summary = reference
+    root, run_dir = tmp_path, tmp_path / "job"
+    share_teacher(ref_root, root)
+    command = [
+        sys.executable,
+        "-m",
+        "seal_exp.train",
+        *RUN,
+        "trainer.progress=false",
+        f"paths.root={root}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    rng = random.Random()
+    kill_after = rng.randint(2, TOTAL_STEPS - 3)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = run_dir / "last.pt"
+    deadline = time.monotonic() + 240
+    step = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if last.is_file():
+            try:
+                step = checkpoint.load(last)["global_step"]
+            except Exception:  # replaced while we read it: read again
+                continue
+            if step >= kill_after:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the job ended before it could be killed: {proc.returncode}"
+    killed_at = checkpoint.load(last)
+    assert 0 < killed_at["global_step"] < TOTAL_STEPS and not killed_at["finished"], killed_at["global_step"]
+    assert not (run_dir / "summary.json").exists()
+    assert student_runs(root)[0].info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert results(summary) == results(ref_summary), f"killed after step {killed_at['global_step']}"
+    assert same_weights(run_dir / "last.pt", ref_root / "out" / "last.pt")
+    assert same_weights(run_dir / "best.pt", ref_root / "out" / "best.pt")
+    # one MLflow run, reattached and finished, with every epoch's metrics logged exactly once
+    (run,) = student_runs(root)
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["resumed"] == "1"
+    history = store(root).get_metric_history(run.info.run_id, "val/acc")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("stop_after", [3, 5, 11])  # mid-epoch, at an epoch's last step, mid-epoch
+def test_resume_at_any_step_boundary_is_exact(tmp_path, monkeypatch, reference, stop_after):
+    ref_root, ref_summary = reference
+    cfg = make_cfg(ref_root, [*RUN, "tracking=none"], output=tmp_path / "job")
+    interrupt_at(monkeypatch, stop_after)
+    with pytest.raises(Interrupt):
+        train(cfg)
+    assert checkpoint.load(tmp_path / "job" / "last.pt")["global_step"] == stop_after
+    monkeypatch.undo()
+    summary = train(cfg)
+    assert results(summary) == results(ref_summary)
+    assert same_weights(tmp_path / "job" / "last.pt", ref_root / "out" / "last.pt")
+
+
+def test_a_relaunch_in_a_new_folder_continues_the_interrupted_run_of_the_same_job(
+    tmp_path, monkeypatch, reference
+):
+    """A relaunched sweep gets a new folder: the job finds its interrupted run through the tracking store."""
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    interrupt_at(monkeypatch, 7)
+    with pytest.raises(Interrupt):
+        train(make_cfg(tmp_path, RUN, output=tmp_path / "first"))
+    (interrupted,) = student_runs(tmp_path)
+    assert interrupted.info.status == "FAILED"
+    monkeypatch.undo()
+    summary = train(make_cfg(tmp_path, RUN, output=tmp_path / "second"))
+    assert results(summary) == results(ref_summary)
+    assert same_weights(tmp_path / "second" / "last.pt", ref_root / "out" / "last.pt")
+    (run,) = student_runs(tmp_path)  # the same MLflow run, continued
+    assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["output_dir"] == str((tmp_path / "second").resolve())
+
+
+def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path, monkeypatch, reference):
+    share_teacher(reference[0], tmp_path)
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(Interrupt):
+        train(make_cfg(tmp_path, [*RUN, "tracking=none"], output=tmp_path / "job"))
+    monkeypatch.undo()
+    monkeypatch.setattr(EmbeddedImages, "load", lambda self: pytest.fail("data was read"))
+    changed = make_cfg(tmp_path, [*RUN, "tracking=none", "optim.lr=0.05", "seed=3"], output=tmp_path / "job")
+    with pytest.raises(ConfigError) as err:
+        train(changed)
+    message = str(err.value)
+    assert f"{tmp_path / 'job' / 'last.pt'} was written with a different config" in message
+    assert "optim.lr: 0.1 -> 0.05" in message and "seed: 0 -> 3" in message
+    assert "hydra.run.dir" in message
+    # output and display settings are not part of a job's identity: changing them still resumes
+    same = make_cfg(tmp_path, [*RUN, "tracking=none", "trainer.progress_every=7"], output=tmp_path / "job")
+    assert job_identity(same) == job_identity(make_cfg(tmp_path, [*RUN, "tracking=none"]))
+    assert "paths.output" not in identity_config(same)
+
+
+def test_resume_false_never_overwrites_an_existing_checkpoint(tmp_path, monkeypatch, reference):
+    share_teacher(reference[0], tmp_path)
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(Interrupt):
+        train(make_cfg(tmp_path, [*RUN, "tracking=none"], output=tmp_path / "job"))
+    monkeypatch.undo()
+    before = (tmp_path / "job" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"resume=false but .*last\.pt exists"):
+        train(make_cfg(tmp_path, [*RUN, "tracking=none", "resume=false"], output=tmp_path / "job"))
+    assert (tmp_path / "job" / "last.pt").read_bytes() == before
+
+
+def test_the_pre_timeout_signal_checkpoints_at_the_next_step_then_hands_over(
+    tmp_path, monkeypatch, reference
+):
+    """submitit's handler is called only after last.pt holds the step that was running."""
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    handed_over = []
+
+    def submitit_handler(signum, frame):  # what submitit installs: checkpoint the submission, requeue, exit
+        handed_over.append(checkpoint.load(tmp_path / "job" / "last.pt")["global_step"])
+        raise SystemExit(3)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    calls = {"n": 0}
+    original = EpochTotals.add
+
+    def add(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGUSR2)  # arrives in the middle of step 6
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpochTotals, "add", add)
+    cfg = make_cfg(tmp_path, [*RUN, "trainer.checkpoint_every_steps=null"], output=tmp_path / "job")
+    try:
+        with pytest.raises(SystemExit) as exited:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert exited.value.code == 3 and handed_over == [6]
+    (run,) = student_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    monkeypatch.undo()
+    summary = train(cfg)  # what the requeued job does
+    assert results(summary) == results(ref_summary)
+    (run,) = student_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+
+
+def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch):
+    overrides = ["dataset=digits", "debug=smoke"]
+    first = train(make_cfg(tmp_path, overrides, output=tmp_path / "a"))
+    monkeypatch.setattr("seal_exp.train.fit", lambda **kw: pytest.fail("trained again"))
+    again = train(make_cfg(tmp_path, overrides, output=tmp_path / "b"))
+    assert again["skipped"] is True and again["reused_run"] == first["mlflow_run_id"]
+    assert again["test_acc"] == first["test_acc"]
+    copied = json.loads((tmp_path / "b" / "summary.json").read_text())  # the new sweep folder is complete
+    assert copied["test_acc"] == first["test_acc"] and copied["reused_run"] == first["mlflow_run_id"]
+    assert len(student_runs(tmp_path)) == 1
+    monkeypatch.undo()
+    forced = train(make_cfg(tmp_path, [*overrides, "skip_finished=false"], output=tmp_path / "c"))
+    assert "skipped" not in forced and len(student_runs(tmp_path)) == 2
+    # a deleted run does not count: the job trains again
+    client = store(tmp_path)
+    for run in student_runs(tmp_path):
+        client.delete_run(run.info.run_id)
+    fresh = train(make_cfg(tmp_path, overrides, output=tmp_path / "d"))
+    assert "skipped" not in fresh and fresh["test_acc"] == first["test_acc"]

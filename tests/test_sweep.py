@@ -1,0 +1,136 @@
+"""Sweeps through submitit: a local sweep completes, a relaunch trains only what is missing, a job that
+hits its time limit is requeued and resumes, and `python -m seal_exp.sweep status` tells them apart."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from seal_exp import sweep
+from tests.conftest import REPO, SMOKE
+
+pytestmark = pytest.mark.slow
+
+GRID = ("distiller.alpha=0.3,0.6", "seed=0,1")
+
+
+def run_module(module: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def distill_runs(root: Path) -> list:
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    return [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+        if r.data.tags.get("stage") == "distill"
+    ]
+
+
+def statuses(sweep_dir: Path) -> list[str]:
+    return [job.status for job in sweep.status(sweep_dir)]
+
+
+def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_path):
+    first = tmp_path / "sweep-1"
+    common = [*GRID, *SMOKE, "trainer.progress=false", f"paths.root={tmp_path}"]
+    proc = run_module("seal_exp.train", ["-m", "hydra/launcher=local", *common, f"hydra.sweep.dir={first}"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = distill_runs(tmp_path)
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    assert sorted((r.data.params["distiller.alpha"], r.data.params["seed"]) for r in runs) == [
+        ("0.3", "0"),
+        ("0.3", "1"),
+        ("0.6", "0"),
+        ("0.6", "1"),
+    ]
+    assert len({r.data.tags["seal.identity"] for r in runs}) == 4
+    assert statuses(first) == ["finished"] * 4
+
+    # the same sweep command again (a new sweep folder, as Hydra names it by time): nothing trains
+    second = tmp_path / "sweep-2"
+    proc = run_module("seal_exp.train", ["-m", *common, f"hydra.sweep.dir={second}"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("already finished: MLflow run") == 4
+    assert len(distill_runs(tmp_path)) == 4
+    assert len(list(second.glob("*/summary.json"))) == 4  # the new folder still reports every job
+
+    # one job's run deleted: the status says so, and a relaunch trains that job alone
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    gone = next(r for r in runs if r.data.params["distiller.alpha"] == "0.6" and r.data.params["seed"] == "0")
+    client.delete_run(gone.info.run_id)
+    assert statuses(first) == ["finished", "finished", "missing", "finished"]
+    shown = run_module("seal_exp.sweep", ["status", str(first)])
+    assert shown.returncode == 0 and "4 jobs: 3 finished, 0 running, 0 failed, 1 missing" in shown.stdout
+    third = tmp_path / "sweep-3"
+    proc = run_module("seal_exp.train", ["-m", *common, f"hydra.sweep.dir={third}"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("already finished: MLflow run") == 3
+    after = distill_runs(tmp_path)
+    assert len(after) == 4
+    (new,) = [r for r in after if r.info.run_id not in {x.info.run_id for x in runs}]
+    assert (new.data.params["distiller.alpha"], new.data.params["seed"]) == ("0.6", "0")
+    assert new.data.tags["seal.identity"] == gone.data.tags["seal.identity"]
+    assert statuses(first) == ["finished"] * 4
+
+
+def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losing_an_epoch(tmp_path):
+    """submitit_local sends the pre-timeout signal 30 s before the limit, so 30 s into every 1-minute
+    attempt; training takes longer than one attempt, so the job must checkpoint, be requeued and continue
+    from where it stopped, maybe more than once."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_module(
+        "seal_exp.train",
+        [
+            "-m",
+            "hydra/launcher=local",
+            "hydra.launcher.timeout_min=1",
+            "+hydra.launcher.max_num_timeout=8",
+            "dataset=mnist5k",
+            "distiller=none",
+            "trainer.epochs=2",
+            "trainer.limit_train_batches=25",
+            "trainer.eval_batch_size=500",
+            "trainer.checkpoint_every_steps=10",
+            "trainer.progress=false",
+            "seed=0",
+            f"paths.root={tmp_path}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))
+    assert "timed-out" in logs and "Requeued job" in logs, logs[-3000:]
+    job = sweep_dir / "0"
+    with (job / "epochs.csv").open() as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [1, 2]  # every epoch exactly once, none repeated or lost
+    (run,) = distill_runs(tmp_path)
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
+    history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/acc")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert statuses(sweep_dir) == ["finished"]
+
+
+def test_status_of_a_folder_that_is_not_a_sweep_says_what_to_pass(tmp_path):
+    proc = run_module("seal_exp.sweep", ["status", str(tmp_path)])
+    assert proc.returncode == 2
+    assert f"{tmp_path}: no multirun.yaml here" in proc.stderr and "multirun/<date>/<time>" in proc.stderr
