@@ -7,14 +7,16 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 PORT ?= 5000
-SWEEP ?= distiller.alpha=0.3,0.6 neuron.T=2,4 trainer.epochs=3
+SWEEP ?= distiller.alpha=0.3,0.6 distiller.beta=0.05,0.15 neuron.T=2,4 trainer.epochs=3
+SWEEP_DIR ?= multirun/sweep/$(shell date +%Y-%m-%d_%H-%M-%S)
+SWEEP_DIR := $(SWEEP_DIR)
 
 .PHONY: help install train test sweep compare ui lint clean models bench
 
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make test    the test suite (~13 min on 2 CPU cores)"
-	@echo "make sweep   a small local multirun ($(SWEEP)), one MLflow parent run"
+	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"
 	@echo "make models  every student and teacher with its parameter count (ARGS: dataset overrides)"
@@ -37,7 +39,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 sweep: $(STAMP)
-	$(BIN)/python -m seal_exp.train -m $(SWEEP) $(ARGS)
+	$(BIN)/python -m seal_exp.train -m $(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+	$(BIN)/python -m seal_exp.report $(SWEEP_DIR)
 
 compare: $(STAMP)
 	$(BIN)/python -m seal_exp.compare $(ARGS)
