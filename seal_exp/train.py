@@ -311,6 +311,12 @@ def _execute(
 
     seed_everything(plan.seed)  # same student data order whether the teacher was trained, cached or absent
     train_loader = _loader(plan, data, data.train, settings.batch_size, shuffle=True)
+    if resume is not None and train_loader.num_workers > 0 and train_loader.persistent_workers:
+        log.warning(
+            "resuming with persistent loader workers: from here on the batch order and augmentation draws "
+            "differ from an uninterrupted run (same distribution). For a bit-exact resume use "
+            "trainer.persistent_workers=false or trainer.num_workers=0."
+        )
     plan.distiller.to(device)
     result = fit(
         objective=plan.distiller,
