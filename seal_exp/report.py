@@ -288,7 +288,7 @@ def read_parent_run(run_id: str, uri: str) -> Sweep:
         for child in sorted(children, key=lambda r: r.info.start_time or 0):
             tags = child.data.tags
             overrides = tags.get("hydra.overrides", "")
-            summary = _download_summary(client, child.info.run_id, Path(tmp))
+            summary = download_summary(client, child.info.run_id, Path(tmp))
             job = Job(
                 tags.get("hydra.job.num", child.info.run_id[:8]),
                 parse_overrides([] if overrides in ("", "(none)") else overrides.split()),
@@ -315,10 +315,11 @@ def _all_pages(search: Any, *args: Any, **kwargs: Any) -> list[Any]:
             return found
 
 
-def _download_summary(client: Any, run_id: str, tmp: Path) -> dict[str, Any] | None:
+def download_summary(client: Any, run_id: str, tmp: Path) -> dict[str, Any] | None:
+    """The ``summary.json`` tracked with an MLflow run (into ``tmp``), or None: the job did not finish."""
     try:
         return read_summary(Path(client.download_artifacts(run_id, "summary.json", str(tmp / run_id))))
-    except Exception:  # no summary: the job did not finish
+    except Exception:
         return None
 
 

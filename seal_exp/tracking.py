@@ -51,10 +51,6 @@ class NoTracker:
         """Nothing to reattach to."""
         return False
 
-    def read_json_artifact(self, run_id: str, name: str) -> dict[str, Any] | None:
-        """No artifacts are kept."""
-        return None
-
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Nothing to upload."""
 
@@ -163,17 +159,6 @@ class MLflowTracker:
             self.client.set_tag(run_id, key, value)
         log.info("MLflow run %s reattached (resume #%d)", run_id, resumed)
         return True
-
-    def read_json_artifact(self, run_id: str, name: str) -> dict[str, Any] | None:
-        """A JSON artifact of a run (a finished job's ``summary.json``), or None when it has none."""
-        import json
-        import tempfile
-
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                return json.loads(Path(self.client.download_artifacts(run_id, name, tmp)).read_text())
-        except Exception:
-            return None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -193,7 +194,8 @@ def _already_finished(run: Any, plan: Plan, out: Path, identity: str) -> dict[st
     if (earlier_out / "summary.json").is_file():
         summary = report.read_summary(earlier_out / "summary.json")
     else:  # that folder is gone (another machine, cleaned up): the copy tracked with the run
-        summary = plan.tracker.read_json_artifact(run.info.run_id, "summary.json") or {}
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = report.download_summary(plan.tracker.client, run.info.run_id, Path(tmp)) or {}
     summary |= {"skipped": True, "reused_run": run.info.run_id, "identity": identity}
     if summary.get("stage") is not None and out.resolve() != earlier_out.resolve():
         out.mkdir(parents=True, exist_ok=True)

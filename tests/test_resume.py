@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,11 @@ def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch)
     copied = json.loads((tmp_path / "b" / "summary.json").read_text())  # the new sweep folder is complete
     assert copied["test_acc"] == first["test_acc"] and copied["reused_run"] == first["mlflow_run_id"]
     assert len(student_runs(tmp_path)) == 1
+    # the earlier folder gone (cleaned up, another machine): the summary tracked with the run is reported
+    shutil.rmtree(tmp_path / "a")
+    gone = train(make_cfg(tmp_path, overrides, output=tmp_path / "e"))
+    assert gone["skipped"] is True and gone["test_acc"] == first["test_acc"]
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["test_acc"] == first["test_acc"]
     monkeypatch.undo()
     forced = train(make_cfg(tmp_path, [*overrides, "skip_finished=false"], output=tmp_path / "c"))
     assert "skipped" not in forced and len(student_runs(tmp_path)) == 2
