@@ -32,11 +32,13 @@ def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = No
         )
 
 
-def run_cli(args: Sequence[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m seal_exp.train ARGS`` in a fresh interpreter, as a user would run it."""
+def run_cli(
+    args: Sequence[str], cwd: Path, timeout: int = 300, module: str = "seal_exp.train"
+) -> subprocess.CompletedProcess:
+    """``python -m <module> ARGS`` (default seal_exp.train) in a fresh interpreter, as a user runs it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "seal_exp.train", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         capture_output=True,

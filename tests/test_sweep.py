@@ -4,32 +4,17 @@ hits its time limit is requeued and resumes, and `python -m seal_exp.sweep statu
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from seal_exp import sweep
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, SMOKE, run_cli
 
 pytestmark = pytest.mark.slow
 
 GRID = ("distiller.alpha=0.3,0.6", "seed=0,1")
-
-
-def run_module(module: str, args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def distill_runs(root: Path) -> list:
@@ -49,7 +34,7 @@ def statuses(sweep_dir: Path) -> list[str]:
 def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_path):
     first = tmp_path / "sweep-1"
     common = [*GRID, *SMOKE, "trainer.progress=false", f"paths.root={tmp_path}"]
-    proc = run_module("seal_exp.train", ["-m", "hydra/launcher=local", *common, f"hydra.sweep.dir={first}"])
+    proc = run_cli(["-m", "hydra/launcher=local", *common, f"hydra.sweep.dir={first}"], REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = distill_runs(tmp_path)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
@@ -66,7 +51,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
 
     # the same sweep command again (a new sweep folder, as Hydra names it by time): nothing trains
     second = tmp_path / "sweep-2"
-    proc = run_module("seal_exp.train", ["-m", *common, f"hydra.sweep.dir={second}"])
+    proc = run_cli(["-m", *common, f"hydra.sweep.dir={second}"], REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("already finished: MLflow run") == 4
     assert len(distill_runs(tmp_path)) == 4
@@ -77,10 +62,10 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     gone = next(r for r in runs if r.data.params["distiller.alpha"] == "0.6" and r.data.params["seed"] == "0")
     client.delete_run(gone.info.run_id)
     assert statuses(first) == ["finished", "finished", "missing", "finished"]
-    shown = run_module("seal_exp.sweep", ["status", str(first)])
+    shown = run_cli(["status", str(first)], REPO, module="seal_exp.sweep")
     assert shown.returncode == 0 and "4 jobs: 3 finished, 0 running, 0 failed, 1 missing" in shown.stdout
     third = tmp_path / "sweep-3"
-    proc = run_module("seal_exp.train", ["-m", *common, f"hydra.sweep.dir={third}"])
+    proc = run_cli(["-m", *common, f"hydra.sweep.dir={third}"], REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("already finished: MLflow run") == 3
     after = distill_runs(tmp_path)
@@ -96,8 +81,7 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losin
     attempt; training takes longer than one attempt, so the job must checkpoint, be requeued and continue
     from where it stopped, maybe more than once."""
     sweep_dir = tmp_path / "sweep"
-    proc = run_module(
-        "seal_exp.train",
+    proc = run_cli(
         [
             "-m",
             "hydra/launcher=local",
@@ -114,6 +98,7 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losin
             f"paths.root={tmp_path}",
             f"hydra.sweep.dir={sweep_dir}",
         ],
+        REPO,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -131,6 +116,6 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losin
 
 
 def test_status_of_a_folder_that_is_not_a_sweep_says_what_to_pass(tmp_path):
-    proc = run_module("seal_exp.sweep", ["status", str(tmp_path)])
+    proc = run_cli(["status", str(tmp_path)], REPO, module="seal_exp.sweep")
     assert proc.returncode == 2
     assert f"{tmp_path}: no multirun.yaml here" in proc.stderr and "multirun/<date>/<time>" in proc.stderr
