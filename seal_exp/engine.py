@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from seal_exp import checkpoint
 from seal_exp.config import require
+from seal_exp.distributed import SINGLE, Distributed
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.preemption import Preempted
 
@@ -67,9 +69,19 @@ class TrainerSettings(LoopSettings):
     progress: bool = True
     progress_every: int = 20
     checkpoint_every_steps: int | None = None
+    sync_batchnorm: bool = False
+    dist_backend: str = "auto"
+    dist_timeout_min: float = 30.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(
+            self.dist_backend in ("auto", "nccl", "gloo"),
+            "dist_backend",
+            self.dist_backend,
+            "use auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
+        )
+        require(self.dist_timeout_min > 0, "dist_timeout_min", self.dist_timeout_min, "must be > 0 minutes")
         require(
             self.checkpoint_every_steps is None
             or (isinstance(self.checkpoint_every_steps, int) and self.checkpoint_every_steps >= 1),
@@ -142,6 +154,9 @@ def _limited(n_batches: int, limit: int | None) -> int:
     return n_batches if limit is None else min(n_batches, limit)
 
 
+_NO_STEP = 2**62  # "no non-finite step" when ranks agree on the first one (their minimum)
+
+
 @dataclass
 class EpochTotals:
     """What one training epoch has summed so far, on the device (read once, at the epoch's end)."""
@@ -176,6 +191,26 @@ class EpochTotals:
         self.correct += (logits.argmax(-1) == y).sum()
         self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss), step, self.bad_step)
 
+    def reduced(self, dist: Distributed) -> EpochTotals:
+        """The totals of every rank together (a copy; this rank's own stay as they are)."""
+        if not dist.enabled:
+            return self
+        names = sorted(self.sums)
+        packed = torch.stack(
+            [self.sums[k].float() for k in names]
+            + [self.correct.float(), torch.tensor(float(self.seen), device=self.correct.device)]
+        ).to(self.correct.device)
+        dist.sum_(packed)
+        bad = int(self.bad_step.item())
+        first_bad = dist.min_int(bad if bad >= 0 else _NO_STEP)
+        return EpochTotals(
+            {k: packed[i] for i, k in enumerate(names)},
+            packed[-2].round().long(),
+            torch.tensor(first_bad if first_bad < _NO_STEP else -1, device=self.correct.device),
+            int(packed[-1].round().item()),
+            self.steps,
+        )
+
     def state(self) -> dict[str, Any]:
         return {
             "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
@@ -186,7 +221,15 @@ class EpochTotals:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device, rng: dict[str, Any]) -> EpochTotals:
+    def from_state(
+        cls, state: dict[str, Any], device: torch.device, rng: dict[str, Any], *, holds_sums: bool = True
+    ) -> EpochTotals:
+        """``holds_sums=False`` (ranks other than 0): the saved sums are everyone's, held by rank 0."""
+        if not holds_sums:
+            empty = cls.zeros(device)
+            empty.sums = {k: torch.zeros_like(v, device=device) for k, v in state["sums"].items()}
+            empty.steps, empty.rng = state["steps"], rng
+            return empty
         return cls(
             {k: v.to(device) for k, v in state["sums"].items()},
             state["correct"].to(device),
@@ -199,9 +242,16 @@ class EpochTotals:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, device: torch.device, limit: int | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    limit: int | None = None,
+    dist: Distributed = SINGLE,
 ) -> Accuracy:
-    """Accuracy of a spiking ``[T,B,K]`` or ANN ``[B,K]`` model; membranes are reset after every batch."""
+    """Accuracy of a spiking ``[T,B,K]`` or ANN ``[B,K]`` model; membranes are reset after every batch.
+
+    Data-parallel: each rank evaluates its shard of the split and the counts are added up.
+    """
     model.eval()
     correct = per_t = prefix = None
     seen = 0
@@ -222,6 +272,14 @@ def evaluate(
         else:
             correct, per_t, prefix = correct + hits_mean, per_t + hits_t, prefix + hits_prefix
         seen += len(y)
+    if dist.enabled:  # once per evaluation: this rank's counts, added to everyone's
+        mine = None if correct is None else (correct.item(), per_t.tolist(), prefix.tolist(), seen)
+        counts = [c for c in dist.gather(mine) if c is not None]
+        if counts:
+            correct = sum(c[0] for c in counts)
+            per_t = torch.tensor([c[1] for c in counts]).sum(0)
+            prefix = torch.tensor([c[2] for c in counts]).sum(0)
+            seen = sum(c[3] for c in counts)
     if correct is None:
         raise RuntimeError("evaluation saw no batches: the split is empty")
 
@@ -229,7 +287,7 @@ def evaluate(
         return round(100.0 * hits / seen, 4)
 
     return Accuracy(
-        percent(correct.item()), [percent(v) for v in per_t.tolist()], [percent(v) for v in prefix.tolist()]
+        percent(int(correct)), [percent(v) for v in per_t.tolist()], [percent(v) for v in prefix.tolist()]
     )
 
 
@@ -247,12 +305,15 @@ def train_one_epoch(
     epoch: int,
     partial: EpochTotals | None = None,
     after_step: Callable[[int, EpochTotals], None] | None = None,
+    dist: Distributed = SINGLE,
 ) -> dict[str, float]:
     """One pass over ``loader``: the sample-weighted mean of every loss term, and the train accuracy.
 
     ``partial`` continues an epoch interrupted after ``partial.steps`` optimiser steps: those batches
     are drawn again, so the sampler and any loader workers are where they were, but not trained on.
     ``after_step(step, totals)`` runs at every step boundary (checkpoints, the pre-timeout signal).
+    Data-parallel (``objective`` wrapped in DDP): the totals are summed over the ranks at the end,
+    and the ranks agree on the first non-finite step whenever one of them looks.
     """
     objective.train()
     totals = partial or EpochTotals.zeros(device)
@@ -285,11 +346,15 @@ def train_one_epoch(
         totals.add(terms, logits, y, loss, step)
         if step % progress_every == 0:
             first_bad, current = totals.bad_step.item(), loss.item()
+            if dist.enabled:
+                agreed = dist.min_int(first_bad if first_bad >= 0 else _NO_STEP)
+                first_bad = agreed if agreed < _NO_STEP else -1
             _stop_if_nonfinite(first_bad, terms, epoch, last_good)
             bar.set_postfix(loss=f"{current:.4f}")
         if after_step is not None:
             after_step(step, totals)
     bar.close()
+    totals = totals.reduced(dist)
     _stop_if_nonfinite(totals.bad_step.item(), terms, epoch, last_good)
     stats = {name: (total / totals.seen).item() for name, total in totals.sums.items()}
     stats["loss"] = sum(stats.values())
@@ -309,6 +374,21 @@ def _stop_if_nonfinite(step: int, terms: dict[str, torch.Tensor], epoch: int, la
 
 
 LAST_FORMAT = "seal-exp/last-v1"
+
+
+def _rank_rng(resume: dict[str, Any], dist: Distributed) -> dict[str, Any]:
+    """This rank's RNG states from ``last.pt`` (rank 0's for a checkpoint of another world size)."""
+    ranks = resume.get("rng_ranks")
+    if ranks is not None and len(ranks) == dist.world_size:
+        return ranks[dist.rank]
+    if dist.world_size != resume.get("world_size", 1):
+        log.warning(
+            "last.pt was written by %d process(es), this run has %d: weights, optimiser and schedule "
+            "continue exactly, random draws (data order within ranks, augmentation) do not",
+            resume.get("world_size", 1),
+            dist.world_size,
+        )
+    return resume["rng"]
 
 
 def fit(
@@ -332,6 +412,7 @@ def fit(
     checkpoint_every_steps: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+    dist: Distributed = SINGLE,
 ) -> FitResult:
     """Train ``model`` through ``objective`` and select the epoch with the best validation accuracy.
 
@@ -343,6 +424,10 @@ def fit(
     fit exactly where it stopped: weights, optimiser, schedule, selection, history, the sampler's and
     every global RNG state. At the end ``model`` holds the selected weights; both the last and the
     selected model are evaluated on the test split.
+
+    Data-parallel (``dist``): the objective runs inside DistributedDataParallel on each rank's shard
+    of every batch; only rank 0 writes checkpoints (with every rank's RNG states), while decisions
+    to checkpoint or stop are taken together.
     """
     best_val, best_epoch, best_state = -1.0, 0, None
     best_test: float | None = None
@@ -366,10 +451,11 @@ def fit(
         best_state, history = resume["best_model"], list(resume["history"])
         if sampler_rng is not None and resume.get("sampler_rng") is not None:
             sampler_rng.set_state(resume["sampler_rng"])
+        rng = _rank_rng(resume, dist)
         if resume.get("partial_epoch") is not None:
-            partial = EpochTotals.from_state(resume["partial_epoch"], device, resume["rng"])
+            partial = EpochTotals.from_state(resume["partial_epoch"], device, rng, holds_sums=dist.is_main)
         else:
-            checkpoint.restore_rng_states(resume["rng"])
+            checkpoint.restore_rng_states(rng)
         log.info(
             "%s: resuming after epoch %d%s (step %d)",
             name,
@@ -378,8 +464,21 @@ def fit(
             global_step,
         )
 
+    # every rank computes its own gradients; DDP averages them (parameters start equal: same seed and
+    # same checkpoint, and DDP broadcasts rank 0's anyway)
+    forward = (
+        DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+        if dist.enabled
+        else objective
+    )
+
     def save_last(epoch_done: int, totals: EpochTotals | None, epoch_sampler_rng: Any) -> None:
+        # collective: every rank gets here at the same boundary; rank 0 writes
         assert last_path is not None
+        rng_ranks = dist.gather(checkpoint.rng_states()) if dist.enabled else None
+        totals = totals.reduced(dist) if totals is not None else None
+        if not dist.is_main:
+            return
         state = {
             "format": LAST_FORMAT,
             "name": name,
@@ -397,6 +496,8 @@ def fit(
             "partial_epoch": totals.state() if totals is not None else None,
             "sampler_rng": epoch_sampler_rng,
             "rng": checkpoint.rng_states(),
+            "rng_ranks": rng_ranks,
+            "world_size": dist.world_size,
             "finished": epoch_done == settings.epochs and totals is None,
         }
         checkpoint.atomic_save(state | (checkpoint_extra() if checkpoint_extra else {}), last_path)
@@ -413,16 +514,17 @@ def fit(
         ) -> None:
             nonlocal global_step
             global_step += 1
-            stop = should_stop is not None and should_stop()
+            stop = dist.any(should_stop is not None and should_stop())  # any rank signalled: all stop
             due = bool(checkpoint_every_steps) and global_step % checkpoint_every_steps == 0
             if last_path is not None and (stop or due):
                 save_last(epoch - 1, totals, rng)
             if stop:
+                dist.barrier()  # no rank leaves before rank 0 has written the checkpoint
                 where = f"checkpoint {last_path}" if last_path is not None else "no checkpoint for this loop"
                 raise Preempted(f"{name}: stopped after epoch {epoch - 1} + {step + 1} steps; {where}")
 
         train_stats = train_one_epoch(
-            objective,
+            forward,
             train_loader,
             optimizer,
             device,
@@ -434,13 +536,14 @@ def fit(
             epoch=epoch,
             partial=partial,
             after_step=after_step,
+            dist=dist,
         )
         partial = None
         scheduler.step()
-        val = evaluate(model, val_loader, device, settings.limit_eval_batches)
+        val = evaluate(model, val_loader, device, settings.limit_eval_batches, dist)
         metrics = {f"train/{k}": v for k, v in train_stats.items()} | val.as_metrics("val") | {"lr": lr}
         if test_every_epoch:
-            test_acc = evaluate(model, test_loader, device, settings.limit_eval_batches).acc
+            test_acc = evaluate(model, test_loader, device, settings.limit_eval_batches, dist).acc
             metrics["test/acc"] = test_acc
             best_test = test_acc if best_test is None else max(best_test, test_acc)
         improved = val.acc > best_val
@@ -467,15 +570,16 @@ def fit(
             "  *best*" if improved else "",
         )
         if checkpoint_dir is not None:
-            if improved:
+            if improved and dist.is_main:
                 checkpoint.atomic_save(
                     {"epoch": epoch, "val_acc": val.acc, "model": best_state}, checkpoint_dir / "best.pt"
                 )
             save_last(epoch, None, sampler_rng.get_state() if sampler_rng is not None else None)
-        if should_stop is not None and should_stop() and epoch < settings.epochs:
+        if dist.any(should_stop is not None and should_stop()) and epoch < settings.epochs:
+            dist.barrier()
             raise Preempted(f"{name}: stopped after epoch {epoch}; checkpoint {last_path}")
-    test_last = evaluate(model, test_loader, device, settings.limit_eval_batches)
+    test_last = evaluate(model, test_loader, device, settings.limit_eval_batches, dist)
     assert best_state is not None
     model.load_state_dict(best_state)
-    test_best = evaluate(model, test_loader, device, settings.limit_eval_batches)
+    test_best = evaluate(model, test_loader, device, settings.limit_eval_batches, dist)
     return FitResult(best_val, best_epoch, best_test, test_best, test_last, history)

@@ -34,6 +34,8 @@ EXCLUDED = (
     "trainer.pin_memory",
     "trainer.persistent_workers",
     "trainer.checkpoint_every_steps",
+    "trainer.dist_backend",
+    "trainer.dist_timeout_min",
 )
 
 

@@ -28,6 +28,9 @@ def preemption_signal() -> signal.Signals:
     return signal.Signals[f"SIG{name}" if not name.startswith("SIG") else name]
 
 
+REQUEUE_WAIT_S = 300.0
+
+
 class Preempted(RuntimeError):
     """Training stopped at a step boundary after the pre-timeout signal; ``last.pt`` is written."""
 
@@ -50,11 +53,18 @@ class Guard:
     def requested(self) -> bool:
         return self.received_at is not None
 
-    def hand_over(self) -> None:
-        """After the checkpoint: let submitit requeue the job, or exit when no one else handles it."""
+    def hand_over(self, wait_for_requeue: bool = False) -> None:
+        """After the checkpoint: let submitit requeue the job, or exit when no one else handles it.
+
+        ``wait_for_requeue``: a submitit task other than rank 0, whose handler does nothing; like
+        submitit, it does not exit (that could end the job before rank 0 requeues it) but waits for
+        the requeue to stop it, up to :data:`REQUEUE_WAIT_S`.
+        """
         signal.signal(self.signum, self.previous)
         if callable(self.previous):
             self.previous(int(self.signum), None)  # submitit: dump the submission, requeue, exit
+        if wait_for_requeue:
+            time.sleep(REQUEUE_WAIT_S)
         raise SystemExit(128 + int(self.signum))
 
 
@@ -66,7 +76,7 @@ class _NoGuard:
     def requested(self) -> bool:
         return False
 
-    def hand_over(self) -> None:
+    def hand_over(self, wait_for_requeue: bool = False) -> None:
         raise SystemExit(1)
 
 

@@ -8,7 +8,9 @@ read or any GPU touched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -25,23 +27,26 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from seal_exp import checkpoint, preemption, report
+from seal_exp import checkpoint, distributed, preemption, report
 from seal_exp import teacher as teachers
 from seal_exp.config import ConfigError, build, flatten, invalid
 from seal_exp.data import DataSplits, make_loader
 from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
+from seal_exp.distributed import SINGLE, Distributed, LaunchEnvironment
 from seal_exp.engine import LAST_FORMAT, FitResult, LoopSettings, TrainerSettings, evaluate, fit
 from seal_exp.identity import IDENTITY_TAG, config_differences, identity_config, job_identity
 from seal_exp.models import build_student, build_teacher
 from seal_exp.models.neurons import kernel_in_use
+from seal_exp.models.sync_batch_norm import convert_sync_batch_norm
 from seal_exp.preemption import Preempted
 from seal_exp.seeding import isolated_torch_rng, seed_everything
-from seal_exp.tracking import git_tags, job_context
+from seal_exp.tracking import NoTracker, git_tags, job_context
 
 log = logging.getLogger("seal_exp")
 
 STAGES = ("distill", "teacher")
+RANK_SEED_STRIDE = 100_003  # rank r draws augmentations from seed + r·stride (rank 0: the seed itself)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Plan:
     teacher_loop: LoopSettings | None = None
     teacher_optimizer: torch.optim.Optimizer | None = None
     teacher_scheduler: Any = None
+    launch: LaunchEnvironment | None = None  # torchrun / submitit tasks: this process's rank
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -73,14 +79,24 @@ def prepare(cfg: DictConfig) -> Plan:
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise invalid("seed", cfg.seed, "use an integer >= 0")
     settings = build(cfg.trainer, "trainer")
+    launch = distributed.launch_environment()
+    world = launch.world_size if launch else 1
+    if settings.batch_size % world:
+        raise invalid(
+            "trainer.batch_size",
+            settings.batch_size,
+            f"it is the global batch, split over this run's {world} processes: use a multiple of {world}",
+        )
     plan = Plan(
         stage=cfg.stage,
         seed=cfg.seed,
         settings=settings,
-        device=settings.resolve_device(),
+        device=distributed.rank_device(settings.resolve_device(), launch),
         dataset=build(cfg.dataset, "dataset"),
         tracker=build(cfg.tracking, "tracking"),
+        launch=launch,
     )
+    sync_bn = settings.sync_batchnorm and world > 1  # before any optimiser holds the BatchNorm parameters
     try:
         distiller_cls = get_class(cfg.distiller._target_)
     except Exception as exc:
@@ -89,12 +105,23 @@ def prepare(cfg: DictConfig) -> Plan:
     if cfg.stage == "distill":
         with isolated_torch_rng(cfg.seed):
             plan.student = build_student(cfg)
+        if sync_bn:
+            convert_sync_batch_norm(plan.student)
     if needs_teacher:
         with isolated_torch_rng(cfg.seed):
             plan.teacher = build_teacher(cfg)
         plan.teacher_source = source = teachers.locate(cfg)
         if source.needs_training:
             plan.teacher_loop = build(cfg.teacher.recipe, "teacher.recipe")
+            if plan.teacher_loop.batch_size % world:
+                raise invalid(
+                    "teacher.recipe.batch_size",
+                    plan.teacher_loop.batch_size,
+                    f"the teacher trains on all {world} processes of this run, with this global batch "
+                    f"split over them: use a multiple of {world}",
+                )
+            if sync_bn:
+                convert_sync_batch_norm(plan.teacher)
             plan.teacher_optimizer = build(cfg.teacher.optim, "teacher.optim", modules=[plan.teacher])
             plan.teacher_scheduler = build(
                 cfg.teacher.sched, "teacher.sched", optimizer=plan.teacher_optimizer
@@ -119,15 +146,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     plan = prepare(cfg)
-    out = Path(str(cfg.paths.output))
+    dist = distributed.start(
+        plan.launch, plan.device, plan.settings.dist_backend, plan.settings.dist_timeout_min
+    )
+    try:
+        return _run(cfg, plan, dist, started)
+    finally:
+        dist.close()
+
+
+def _run(cfg: DictConfig, plan: Plan, dist: Distributed, started: float) -> dict[str, Any]:
+    if not dist.is_main:  # rank 0 tracks, checkpoints and reports; the others train and say little
+        plan.tracker = NoTracker()
+        logging.getLogger("seal_exp").setLevel(logging.WARNING)
+    out = Path(dist.share(str(cfg.paths.output)))  # torchrun: every rank works in rank 0's folder
     identity_cfg = identity_config(cfg)
     identity = job_identity(identity_cfg)
-    earlier = plan.tracker.find_runs(identity) if plan.stage == "distill" else []
-    if cfg.skip_finished:
-        finished = next((r for r in earlier if r.info.status == "FINISHED"), None)
-        if finished is not None:
-            return _already_finished(finished, plan, out, identity)
-    resume = _resume_point(cfg, plan, out, identity_cfg, earlier)
+    decision: dict[str, Any] = {}
+    resume = None
+    if dist.is_main:
+        try:
+            earlier = plan.tracker.find_runs(identity) if plan.stage == "distill" else []
+            finished = next((r for r in earlier if r.info.status == "FINISHED"), None)
+            if cfg.skip_finished and finished is not None:
+                decision = {"finished": _already_finished(finished, plan, out, identity)}
+            else:
+                path, resume = _resume_point(cfg, plan, out, identity_cfg, earlier)
+                decision = {"resume_from": str(path) if path else None}
+        except Exception as exc:
+            dist.share({"error": str(exc), "config": isinstance(exc, ConfigError)})
+            raise
+    decision = dist.share(decision)  # skip, resume and refusals are decided once, by rank 0
+    if "error" in decision:
+        message = f"rank 0 stopped the run: {decision['error']}"
+        raise ConfigError(message) if decision["config"] else RuntimeError(message)
+    if "finished" in decision:
+        return decision["finished"]
+    if resume is None and decision["resume_from"]:
+        resume = checkpoint.load(decision["resume_from"])
     out.mkdir(parents=True, exist_ok=True)
     context = job_context()
     model = plan.student if plan.student is not None else plan.teacher
@@ -160,21 +216,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with preemption.deferred() as guard:
         try:
             plan.tracker.log_artifact(out / ".hydra", ".hydra")
-            summary = _execute(cfg, plan, out, resume, record, guard.requested)
+            summary = _execute(cfg, plan, out, resume, record, guard.requested, dist)
             summary["wall_s"] = round(earlier_wall + time.perf_counter() - started, 2)
             summary["mlflow_run_id"] = plan.tracker.run_id
             summary["identity"] = identity
-            report.write_summary(out / "summary.json", summary)
-            plan.tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
-            for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
-                plan.tracker.log_artifact(out / name)
+            if dist.is_main:
+                summary["world_size"] = dist.world_size
+                report.write_summary(out / "summary.json", summary)
+                plan.tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
+                for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
+                    plan.tracker.log_artifact(out / name)
         except Preempted as exc:
             log.warning("%s; handing over to the scheduler (the next start resumes from it)", exc)
             try:
                 plan.tracker.finish("KILLED")
             except Exception:
                 log.exception("could not close the tracked run")
-            guard.hand_over()
+            # submitit's other tasks wait for the requeue to stop them, as submitit itself does
+            guard.hand_over(wait_for_requeue=dist.launcher == "submitit" and not dist.is_main)
             raise
         except BaseException as exc:
             try:
@@ -184,7 +243,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 log.exception("could not close the tracked run")
             raise
     plan.tracker.finish("FINISHED")
-    print(_last_line(summary, out, plan.tracker.run_id), flush=True)
+    if dist.is_main:
+        print(_last_line(summary, out, plan.tracker.run_id), flush=True)
     return summary
 
 
@@ -212,10 +272,10 @@ def _already_finished(run: Any, plan: Plan, out: Path, identity: str) -> dict[st
 
 def _resume_point(
     cfg: DictConfig, plan: Plan, out: Path, identity_cfg: dict[str, str], earlier: list[Any]
-) -> dict[str, Any] | None:
-    """The ``last.pt`` this job continues from, checked against its config, or None to start fresh."""
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The ``last.pt`` this job continues from and its content, checked against the config, or Nones."""
     if plan.stage != "distill":
-        return None
+        return None, None
     path = out / "last.pt"
     if path.is_file() and not cfg.resume:
         raise ConfigError(
@@ -223,12 +283,12 @@ def _resume_point(
             "folder (hydra.run.dir=...) so that checkpoint is not overwritten."
         )
     if not cfg.resume:
-        return None
+        return None, None
     if not path.is_file():  # a relaunched sweep: an interrupted run of the same job left a checkpoint
         folders = [Path(r.data.tags.get("output_dir", "")) for r in earlier if r.info.status != "FINISHED"]
         path = next((f / "last.pt" for f in folders if (f / "last.pt").is_file()), path)
     if not path.is_file():
-        return None
+        return None, None
     try:
         state = checkpoint.load(path)
     except Exception as exc:
@@ -247,7 +307,7 @@ def _resume_point(
             "hydra.sweep.dir=...) to start a new one."
         )
     log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["global_step"])
-    return state
+    return path, state
 
 
 def _execute(
@@ -257,6 +317,7 @@ def _execute(
     resume: dict[str, Any] | None,
     record: Any,
     should_stop: Any,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
     settings, device = plan.settings, plan.device
     log.info("loading %s", cfg.dataset.name)
@@ -271,7 +332,7 @@ def _execute(
     )
 
     def eval_loader(part: Any) -> Any:
-        return _loader(plan, data, part, settings.eval_batch_size, shuffle=False)
+        return _loader(plan, data, part, settings.eval_batch_size, shuffle=False, dist=dist)
 
     test_loader = eval_loader(data.test)
     val_loader = test_loader if data.val_is_test else eval_loader(data.val)
@@ -286,10 +347,11 @@ def _execute(
     if plan.teacher is not None:
         plan.teacher.to(device)
         if plan.teacher_source.needs_training:
-            plan.teacher_record = _train_teacher(cfg, plan, data, val_loader, test_loader, should_stop)
+            plan.teacher_record = _train_teacher(cfg, plan, data, val_loader, test_loader, should_stop, dist)
             teacher_test = plan.teacher_record["test_acc"]
         else:  # measured on this run's test split, whatever split it was trained with
-            teacher_test = evaluate(plan.teacher, test_loader, device, settings.limit_eval_batches).acc
+            teacher_test = evaluate(plan.teacher, test_loader, device, settings.limit_eval_batches, dist).acc
+        plan.teacher.requires_grad_(False)  # frozen from here on (and left out of DDP's gradient sync)
         if plan.teacher_record.get("data_split_id") not in (None, data.split_id):
             log.warning(
                 "the teacher was trained on a different split (%s, this run: %s): its test accuracy "
@@ -311,8 +373,9 @@ def _execute(
         summary["epochs"] = int(cfg.teacher.recipe.epochs)
         return summary
 
-    seed_everything(plan.seed)  # same student data order whether the teacher was trained, cached or absent
-    train_loader = _loader(plan, data, data.train, settings.batch_size, shuffle=True)
+    # same student data order whether the teacher was trained, cached or absent
+    seed_everything(plan.seed + RANK_SEED_STRIDE * dist.rank)
+    train_loader = _loader(plan, data, data.train, settings.batch_size, shuffle=True, dist=dist)
     if resume is not None and train_loader.num_workers > 0 and train_loader.persistent_workers:
         log.warning(
             "resuming with persistent loader workers: from here on the batch order and augmentation draws "
@@ -330,7 +393,7 @@ def _execute(
         test_loader=test_loader,
         settings=settings,
         device=device,
-        progress=settings.progress,
+        progress=settings.progress and dist.is_main,
         progress_every=settings.progress_every,
         sink=plan.tracker.log_metrics,
         name="student",
@@ -340,41 +403,64 @@ def _execute(
         checkpoint_every_steps=settings.checkpoint_every_steps,
         should_stop=should_stop,
         checkpoint_extra=record,
+        dist=dist,
     )
-    return summary | _student_summary(cfg, result, out, summary["teacher_test_acc"], data.val_is_test)
+    return summary | _student_summary(
+        cfg, result, out, summary["teacher_test_acc"], data.val_is_test, write=dist.is_main
+    )
 
 
 def _train_teacher(
-    cfg: DictConfig, plan: Plan, data: Any, val_loader: Any, test_loader: Any, should_stop: Any
+    cfg: DictConfig,
+    plan: Plan,
+    data: Any,
+    val_loader: Any,
+    test_loader: Any,
+    should_stop: Any,
+    dist: Distributed = SINGLE,
 ) -> dict[str, Any]:
-    """Train the teacher into the cache, unless a parallel job finished the same one while we waited."""
+    """Train the teacher into the cache, unless a parallel job finished the same one while we waited.
+
+    Data-parallel: all ranks train it together; rank 0 holds the lock and writes the cache.
+    """
     path = plan.teacher_source.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
+    with FileLock(str(path) + ".lock") if dist.is_main else contextlib.nullcontext():
+        if dist.share(path.is_file()):
             log.info("another job trained this teacher meanwhile; reusing %s", path)
             return teachers.load_into(plan.teacher, plan.teacher_source, cfg)
-        val_acc, test_acc, best_epoch = _fit_teacher(cfg, plan, data, val_loader, test_loader, should_stop)
-        return teachers.save(
-            plan.teacher,
-            path,
-            cfg,
-            val_acc=val_acc,
-            test_acc=test_acc,
-            best_epoch=best_epoch,
-            data_split_id=data.split_id,
+        val_acc, test_acc, best_epoch = _fit_teacher(
+            cfg, plan, data, val_loader, test_loader, should_stop, dist
         )
+        record = None
+        if dist.is_main:
+            record = teachers.save(
+                plan.teacher,
+                path,
+                cfg,
+                val_acc=val_acc,
+                test_acc=test_acc,
+                best_epoch=best_epoch,
+                data_split_id=data.split_id,
+            )
+        return dist.share(record)  # the others wait here until the cache file is written
 
 
 def _fit_teacher(
-    cfg: DictConfig, plan: Plan, data: DataSplits, val_loader: Any, test_loader: Any, should_stop: Any
+    cfg: DictConfig,
+    plan: Plan,
+    data: DataSplits,
+    val_loader: Any,
+    test_loader: Any,
+    should_stop: Any,
+    dist: Distributed = SINGLE,
 ) -> tuple[float, float, int]:
     """Validation and test accuracy of the teacher to cache, and its epoch (0: the initial weights)."""
     loop = plan.teacher_loop
     if loop.epochs == 0:  # pretrained weights (e.g. a timm file) used as they are
         log.info("teacher.recipe.epochs=0: evaluating the initial weights and caching them untrained")
-        val = evaluate(plan.teacher, val_loader, plan.device, loop.limit_eval_batches)
-        test = evaluate(plan.teacher, test_loader, plan.device, loop.limit_eval_batches)
+        val = evaluate(plan.teacher, val_loader, plan.device, loop.limit_eval_batches, dist)
+        test = evaluate(plan.teacher, test_loader, plan.device, loop.limit_eval_batches, dist)
         return val.acc, test.acc, 0
     log.info(
         "training the %s teacher for %d epochs (cached afterwards at %s)",
@@ -382,18 +468,21 @@ def _fit_teacher(
         loop.epochs,
         plan.teacher_source.path,
     )
-    seed_everything(plan.seed)
+    seed_everything(plan.seed + RANK_SEED_STRIDE * dist.rank)
     train_loader = _loader(
         plan,
         data,
         data.train if data.teacher_train is None else data.teacher_train,
         loop.batch_size,
         shuffle=True,
+        dist=dist,
     )
     # an interrupted teacher training (timeout, preemption) continues from here; the folder goes once
     # the teacher is in the cache
     partial_dir = plan.teacher_source.path.with_suffix(".partial")
-    resume = checkpoint.load(partial_dir / "last.pt") if (partial_dir / "last.pt").is_file() else None
+    resume = (
+        checkpoint.load(partial_dir / "last.pt") if dist.share((partial_dir / "last.pt").is_file()) else None
+    )
     result = fit(
         objective=teachers.Supervised(plan.teacher),
         model=plan.teacher,
@@ -404,7 +493,7 @@ def _fit_teacher(
         test_loader=test_loader,
         settings=loop,
         device=plan.device,
-        progress=plan.settings.progress,
+        progress=plan.settings.progress and dist.is_main,
         progress_every=plan.settings.progress_every,
         sink=lambda metrics, step: plan.tracker.log_metrics(
             {f"teacher/{k}": v for k, v in metrics.items()}, step
@@ -414,22 +503,32 @@ def _fit_teacher(
         checkpoint_dir=partial_dir,
         resume=resume,
         should_stop=should_stop,
+        dist=dist,
     )
-    shutil.rmtree(partial_dir, ignore_errors=True)
+    if dist.is_main:
+        shutil.rmtree(partial_dir, ignore_errors=True)
     return result.best_val_acc, result.test_best.acc, result.best_epoch
 
 
-def _loader(plan: Plan, data: DataSplits, part: Any, batch_size: int, *, shuffle: bool) -> Any:
+def _loader(
+    plan: Plan, data: DataSplits, part: Any, batch_size: int, *, shuffle: bool, dist: Distributed = SINGLE
+) -> Any:
+    """A seeded loader; data-parallel, this rank's shard with its share of the global batch.
+
+    Evaluation batches are split too, so ``limit_eval_batches`` covers the same samples on any
+    number of processes.
+    """
     s = plan.settings
     return make_loader(
         part,
-        batch_size,
+        max(1, batch_size // dist.world_size),
         shuffle=shuffle,
         seed=plan.seed,
         num_workers=resolve_workers(s.num_workers, data.in_memory),
         pin_memory=s.pin_memory,
         persistent_workers=s.persistent_workers,
         time_major=data.time_major,
+        shard=(dist.rank, dist.world_size),
     )
 
 
@@ -444,17 +543,24 @@ SELECTION_ON_TEST = (
 
 
 def _student_summary(
-    cfg: DictConfig, result: FitResult, out: Path, teacher_acc: float | None, val_is_test: bool
+    cfg: DictConfig,
+    result: FitResult,
+    out: Path,
+    teacher_acc: float | None,
+    val_is_test: bool,
+    *,
+    write: bool = True,
 ) -> dict[str, Any]:
-    report.write_epochs_csv(out / "epochs.csv", result.history)
-    report.plot_accuracy_per_timestep(
-        out / "per_timestep_accuracy.png",
-        result.test_best.per_timestep,
-        result.test_best.prefix_mean,
-        teacher_acc,
-        title=f"{cfg.dataset.name}, T={cfg.neuron.T}, {cfg.distiller._target_.rsplit('.', 1)[-1]} "
-        f"(model selected on {'test' if val_is_test else 'validation'})",
-    )
+    if write:
+        report.write_epochs_csv(out / "epochs.csv", result.history)
+        report.plot_accuracy_per_timestep(
+            out / "per_timestep_accuracy.png",
+            result.test_best.per_timestep,
+            result.test_best.prefix_mean,
+            teacher_acc,
+            title=f"{cfg.dataset.name}, T={cfg.neuron.T}, {cfg.distiller._target_.rsplit('.', 1)[-1]} "
+            f"(model selected on {'test' if val_is_test else 'validation'})",
+        )
     return {
         "test_acc": result.test_best.acc,
         "test_acc_last": result.test_last.acc,
@@ -495,5 +601,27 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get("test_acc", summary.get("teacher_test_acc"))
 
 
+def torchrun_follower_overrides(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """Extra overrides for a torchrun rank other than 0: Hydra's files go to a scratch folder.
+
+    Each rank starts its own Hydra run, whose timestamped folder may differ by a second from rank
+    0's; the ranks work in rank 0's folder (shared at start), so the others' own stays out of
+    ``outputs/``. A multirun under torchrun is refused: sweeps launch their jobs through
+    ``hydra/launcher=slurm_ddp``, each job a set of DDP tasks.
+    """
+    if "RANK" not in environ or environ.get("SUBMITIT_EXECUTOR") or int(environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise SystemExit(
+            "seal-exp: a multirun cannot run under torchrun (every rank would launch the whole sweep); "
+            "run single jobs under torchrun, or sweep with hydra/launcher=slurm_ddp (one DDP job per point)"
+        )
+    if environ["RANK"] == "0":
+        return []
+    scratch = Path(tempfile.gettempdir()) / f"seal-exp-rank{environ['RANK']}-{os.getpid()}"
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+
+
 if __name__ == "__main__":
+    sys.argv += torchrun_follower_overrides(sys.argv[1:], dict(os.environ))
     main()

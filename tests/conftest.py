@@ -33,14 +33,24 @@ def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = No
 
 
 def run_cli(
-    args: Sequence[str], cwd: Path, timeout: int = 300, module: str = "seal_exp.train"
+    args: Sequence[str],
+    cwd: Path,
+    timeout: int = 300,
+    module: str = "seal_exp.train",
+    *,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
-    """``python -m <module> ARGS`` (default seal_exp.train) in a fresh interpreter, as a user runs it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    """``python -m <module> ARGS`` (default seal_exp.train) in a fresh interpreter, as a user runs it.
+
+    ``launcher``: what runs the module instead of the plain interpreter (``python -m
+    torch.distributed.run --nproc_per_node=2``); ``env``: extra environment variables.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [*(launcher or [sys.executable]), "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,

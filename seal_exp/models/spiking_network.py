@@ -17,6 +17,7 @@ from torch import nn
 
 from seal_exp.config import require
 from seal_exp.models.features import FeatureTaps
+from seal_exp.models.sync_batch_norm import SyncBatchNorm2d
 
 
 def batch_norm_repeated(bn: nn.BatchNorm2d, x: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -26,6 +27,8 @@ def batch_norm_repeated(bn: nn.BatchNorm2d, x: torch.Tensor, repeats: int) -> to
     running variance's unbiasing factor ``n/(n−1)`` depends on the count, so it is applied here with
     ``n`` of the repeated batch. No host synchronisation.
     """
+    if isinstance(bn, SyncBatchNorm2d):  # data-parallel with global statistics: it counts the copies itself
+        return bn(x, repeats=repeats)
     if repeats == 1 or not bn.training or not bn.track_running_stats:
         return bn(x)
     y = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
