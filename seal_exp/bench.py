@@ -1,10 +1,16 @@
 """``python -m seal_exp.bench``: speed figures anyone can rerun (printed, never asserted in tests).
 
-``stem-once``: forward + backward time of a student on static images with the stem computed once
-and broadcast over T, against the stem run at every timestep. Defaults: resnet18, T=4, batch 32,
-CIFAR-shaped input (3×32×32, 10 classes), median of several timed runs after warm-up.
+``step``: the training step (teacher forward, student forward and backward, the distiller's loss,
+the optimiser step) and the evaluation step of any composed config, after warm-up, over several
+repeats: images/s, ms/step (median, min, max), peak memory, the spikingjelly kernel and the fast-path
+settings. ``--compare`` times the plain path (fp32, NCHW, no compile, stem at every timestep) against
+the configured one, interleaved. Defaults: SeAl, resnet18 ← resnet34, CIFAR-shaped input, T=4, batch 32.
 
-    python -m seal_exp.bench stem-once
+``stem-once``: forward + backward time of a student on static images with the stem computed once
+and broadcast over T, against the stem run at every timestep.
+
+    python -m seal_exp.bench step --compare
+    python -m seal_exp.bench step --batch 128 --json bench.json trainer.compile=neurons trainer.precision=bf16
     python -m seal_exp.bench stem-once --batch 64 --repeats 9 student=vggsnn neuron.T=10
 """
 
@@ -12,16 +18,23 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import resource
 import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from seal_exp import speed
 from seal_exp.config import CONF_DIR
+from seal_exp.engine import train_step
 from seal_exp.models import build_student
-from seal_exp.models.neurons import reset_spiking_state
+from seal_exp.models.neurons import kernel_in_use, reset_spiking_state
 from seal_exp.models.spiking_network import SpikingNetwork
 
 CIFAR_SHAPE = ["dataset.num_classes=10", "dataset.in_channels=3", "dataset.image_size=32"]
@@ -88,9 +101,194 @@ def stem_once(args: argparse.Namespace) -> int:
     return 0
 
 
+STEP_DEFAULTS = ["dataset=cifar10", "student=resnet18", "teacher=resnet34", "distiller=seal", "neuron.T=4"]
+# the path every speed-up is measured against: what the reference code does
+PLAIN = [
+    "trainer.precision=fp32",
+    "trainer.channels_last=false",
+    "trainer.compile=none",
+    "+student.stem_once=false",
+]
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "paths.root=.",
+                "paths.output=.",
+                "tracking=none",
+                "teacher.checkpoint=null",
+                *overrides,
+            ],
+        )
+
+
+def _with_plain(overrides: list[str]) -> list[str]:
+    """The plain path's overrides after the user's (``stem_once`` only where the student has it)."""
+    cfg = _compose(overrides)
+    plain = [o for o in PLAIN if not o.startswith("+student.")]
+    if "stem_once" in cfg.student:
+        plain.append("student.stem_once=false")
+    return [*overrides, *plain]
+
+
+class StepTimer:
+    """One variant of the step: its networks, optimiser and a fixed synthetic batch on the device."""
+
+    def __init__(self, name: str, cfg: DictConfig, batch: int, device: torch.device) -> None:
+        from seal_exp.train import prepare  # the same building and checks as a training run
+
+        self.name, self.cfg = name, cfg
+        cfg.trainer.device = str(device)
+        torch.manual_seed(0)
+        plan = prepare(cfg, data=False)
+        self.settings = plan.settings
+        self.objective, self.optimizer, self.student = plan.distiller.to(device), plan.optimizer, plan.student
+        self.objective.train()
+        size, channels = int(cfg.dataset.image_size), int(cfg.dataset.in_channels)
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, channels, size, size, generator=generator).to(device)
+        self.y = torch.randint(0, int(cfg.dataset.num_classes), (batch,), generator=generator).to(device)
+        self.device = device
+        self.train_s: list[float] = []
+        self.eval_s: list[float] = []
+
+    def _timed(self, fn: Any) -> float:
+        _sync(self.device)
+        start = time.perf_counter()
+        fn()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def train_once(self) -> float:
+        return self._timed(lambda: train_step(self.objective, self.optimizer, self.x, self.y))
+
+    def eval_once(self) -> float:
+        def run() -> None:
+            self.student.eval()
+            with torch.no_grad():
+                self.student(self.x)
+            reset_spiking_state(self.student)
+            self.objective.train()
+
+        return self._timed(run)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "speed": speed.describe(s.precision, s.channels_last, s.compile, s.compile_mode),
+            "precision": s.precision,
+            "channels_last": s.channels_last,
+            "compile": s.compile,
+            "compile_mode": s.compile_mode,
+            "stem_once": bool(getattr(self.student, "stem_once", False)),
+            "spikingjelly_kernel": kernel_in_use(self.student, self.device),
+        }
+
+
+def _stats(times: list[float], batch: int) -> dict[str, float]:
+    median = statistics.median(times)
+    return {
+        "ms_median": 1000 * median,
+        "ms_min": 1000 * min(times),
+        "ms_max": 1000 * max(times),
+        "images_per_s": batch / median,
+    }
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[str, float]:
+    if device.type == "cuda":
+        return "CUDA max allocated", torch.cuda.max_memory_allocated(device) / 2**20
+    return "process peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def step(args: argparse.Namespace) -> int:
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    overrides = [*STEP_DEFAULTS, *args.overrides]
+    variants = [("configured", overrides)]
+    if args.compare:
+        variants.insert(0, ("plain", _with_plain(overrides)))
+    timers = [StepTimer(name, _compose(o), args.batch, device) for name, o in variants]
+    cfg = timers[-1].cfg
+    method, student = (str(cfg[g]._target_).rsplit(".", 1)[-1] for g in ("distiller", "student"))
+    print(
+        f"training step: {method}, student {student} <- teacher {cfg.teacher.arch}, T={cfg.neuron.T}, "
+        f"batch {args.batch}, input {tuple(timers[-1].x.shape[1:])}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.warmup} warm-up steps (compilation happens there), "
+        f"then {args.repeats} timed, interleaved"
+    )
+    for timer in timers:  # warm-up: compilation, allocator, oneDNN/cuDNN algorithm choice
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            timer.train_once()
+            timer.eval_once()
+        timer.warmup_s = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
+        for timer in timers:
+            timer.train_s.append(timer.train_once())
+            timer.eval_s.append(timer.eval_once())
+    memory_kind, memory = _peak_memory_mb(device)
+    results: dict[str, Any] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "overrides": overrides,
+        f"peak_memory_mb ({memory_kind}, all variants)": round(memory, 1),
+        "variants": {},
+    }
+    columns = ("train ms/step (min-max)", "img/s", "eval ms/step", "img/s")
+    print(
+        f"  {'variant':11s} {columns[0]:>28s} {columns[1]:>8s} {columns[2]:>13s} {columns[3]:>8s}  settings"
+    )
+    for timer in timers:
+        train, evaluation = _stats(timer.train_s, args.batch), _stats(timer.eval_s, args.batch)
+        info = timer.describe()
+        results["variants"][timer.name] = {
+            "train": train,
+            "eval": evaluation,
+            "warmup_s": timer.warmup_s,
+            **info,
+        }
+        spread = f"{train['ms_median']:9.1f} ({train['ms_min']:.1f}-{train['ms_max']:.1f})"
+        settings = f"{info['speed']}, stem once {info['stem_once']}, {info['spikingjelly_kernel']}"
+        print(
+            f"  {timer.name:11s} {spread:>28s} {train['images_per_s']:8.1f} {evaluation['ms_median']:13.1f} "
+            f"{evaluation['images_per_s']:8.1f}  {settings}, warm-up {timer.warmup_s:.1f} s"
+        )
+    if args.compare:
+        plain, configured = (results["variants"][n] for n in ("plain", "configured"))
+        ratio = plain["train"]["ms_median"] / configured["train"]["ms_median"]
+        eval_ratio = plain["eval"]["ms_median"] / configured["eval"]["ms_median"]
+        results["train_speedup"], results["eval_speedup"] = ratio, eval_ratio
+        print(f"  configured vs plain: training step {ratio:.2f}x faster, evaluation step {eval_ratio:.2f}x")
+    print(f"  peak memory ({memory_kind}): {memory:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"  figures written to {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seal_exp.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("step", help="training and evaluation step of a composed config")
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--repeats", type=int, default=10)
+    t.add_argument("--warmup", type=int, default=3)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--compare", action="store_true", help="also time the plain path, interleaved")
+    t.add_argument("--json", help="write the figures to this file")
+    t.add_argument("overrides", nargs="*", help="Hydra overrides (distiller=…, student=…, trainer.compile=…)")
     p = sub.add_parser("stem-once", help="stem computed once vs at every timestep (static images)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=7)
@@ -98,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("overrides", nargs="*", help="Hydra overrides (student=…, neuron.T=…, dataset.*)")
     args = parser.parse_args(argv)
-    return stem_once(args)
+    return step(args) if args.command == "step" else stem_once(args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from seal_exp.config import require
 from seal_exp.distributed import SINGLE, Distributed
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.preemption import Preempted
+from seal_exp.speed import COMPILE_TARGETS, PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class TrainerSettings(LoopSettings):
     sync_batchnorm: bool = False
     dist_backend: str = "auto"
     dist_timeout_min: float = 30.0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: str = "none"
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +87,24 @@ class TrainerSettings(LoopSettings):
             "use auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
         )
         require(self.dist_timeout_min > 0, "dist_timeout_min", self.dist_timeout_min, "must be > 0 minutes")
+        require(
+            self.precision in PRECISIONS,
+            "precision",
+            self.precision,
+            f"use one of {', '.join(PRECISIONS)} (bf16: autocast with float32 losses and membranes)",
+        )
+        require(
+            self.compile in COMPILE_TARGETS,
+            "compile",
+            self.compile,
+            f"use one of {', '.join(COMPILE_TARGETS)}",
+        )
+        require(
+            self.compile_mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+            "compile_mode",
+            self.compile_mode,
+            "use a torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs",
+        )
         require(
             self.checkpoint_every_steps is None
             or (isinstance(self.checkpoint_every_steps, int) and self.checkpoint_every_steps >= 1),
@@ -291,6 +314,51 @@ def evaluate(
     )
 
 
+class LaggedReadout:
+    """Scalars read off the device without stalling it, for the progress bar and the non-finite check.
+
+    On CUDA each request starts an asynchronous copy to pinned host memory and returns the values of
+    the previous request once its copy has landed (None before): the GPU is never waited for. On
+    other devices reading is not a synchronisation, so the values come back at once.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.host: torch.Tensor | None = None
+        self.copied: Any = None  # the CUDA event recorded after the pending copy
+
+    def read(self, *values: torch.Tensor) -> list[float] | None:
+        packed = torch.stack([v.detach().float() for v in values])
+        if not self.cuda:
+            return packed.tolist()
+        landed = None
+        if self.copied is not None and self.copied.query():
+            landed, self.copied = self.host.tolist(), None
+        if self.copied is None:  # the buffer is free: start the next copy
+            if self.host is None or len(self.host) != len(values):
+                self.host = torch.empty(len(values), pin_memory=True)
+            self.host.copy_(packed, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        return landed
+
+
+def train_step(
+    objective: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step on a batch already on the device: what training repeats and the benchmark times.
+
+    Returns the logits, the loss terms and their sum (all still on the device: nothing is read).
+    """
+    logits, terms = objective(x, y)
+    loss = torch.stack(list(terms.values())).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    reset_spiking_state(objective)
+    return logits, terms, loss
+
+
 def train_one_epoch(
     objective: nn.Module,
     loader: DataLoader,
@@ -333,24 +401,22 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     terms: dict[str, torch.Tensor] = {}
+    readout = LaggedReadout(device)
     for step, (x, y) in enumerate(bar, start=totals.steps):
         if limit is not None and step >= limit:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, terms = objective(x, y)
-        loss = torch.stack(list(terms.values())).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        reset_spiking_state(objective)
+        logits, terms, loss = train_step(objective, optimizer, x, y)
         totals.add(terms, logits, y, loss, step)
         if step % progress_every == 0:
-            first_bad, current = totals.bad_step.item(), loss.item()
+            values = readout.read(totals.bad_step, loss)
+            first_bad, current = (int(values[0]), values[1]) if values is not None else (-1, None)
             if dist.enabled:
                 agreed = dist.min_int(first_bad if first_bad >= 0 else _NO_STEP)
                 first_bad = agreed if agreed < _NO_STEP else -1
             _stop_if_nonfinite(first_bad, terms, epoch, last_good)
-            bar.set_postfix(loss=f"{current:.4f}")
+            if current is not None:
+                bar.set_postfix(loss=f"{current:.4f}")
         if after_step is not None:
             after_step(step, totals)
     bar.close()

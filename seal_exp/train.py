@@ -27,7 +27,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from seal_exp import checkpoint, distributed, preemption, report
+from seal_exp import checkpoint, distributed, preemption, report, speed
 from seal_exp import teacher as teachers
 from seal_exp.config import ConfigError, build, flatten, invalid
 from seal_exp.data import DataSplits, make_loader
@@ -72,8 +72,11 @@ class Plan:
     launch: LaunchEnvironment | None = None  # torchrun / submitit tasks: this process's rank
 
 
-def prepare(cfg: DictConfig) -> Plan:
-    """Build and check everything a run needs, reading no data: a bad setting stops the run here."""
+def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
+    """Build and check everything a run needs, reading no data: a bad setting stops the run here.
+
+    ``data=False`` (the benchmark, which feeds synthetic batches): no dataset and no tracking store.
+    """
     if cfg.stage not in STAGES:
         raise invalid("stage", cfg.stage, f"choose one of {', '.join(STAGES)}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
@@ -92,8 +95,8 @@ def prepare(cfg: DictConfig) -> Plan:
         seed=cfg.seed,
         settings=settings,
         device=distributed.rank_device(settings.resolve_device(), launch),
-        dataset=build(cfg.dataset, "dataset"),
-        tracker=build(cfg.tracking, "tracking"),
+        dataset=build(cfg.dataset, "dataset") if data else None,
+        tracker=build(cfg.tracking, "tracking") if data else NoTracker(),
         launch=launch,
     )
     sync_bn = settings.sync_batchnorm and world > 1  # before any optimiser holds the BatchNorm parameters
@@ -134,6 +137,14 @@ def prepare(cfg: DictConfig) -> Plan:
         plan.distiller.seed_noise(cfg.seed)
         plan.optimizer = build(cfg.optim, "optim", modules=plan.distiller.learnable_modules())
         plan.scheduler = build(cfg.sched, "sched", optimizer=plan.optimizer)
+    speed.accelerate(
+        [net for net in (plan.student, plan.teacher) if net is not None],
+        plan.device,
+        precision=settings.precision,
+        channels_last=settings.channels_last,
+        compile_target=settings.compile,
+        compile_mode=settings.compile_mode,
+    )
     return plan
 
 
@@ -192,6 +203,12 @@ def _run(cfg: DictConfig, plan: Plan, dist: Distributed, started: float) -> dict
         "distiller": cfg.distiller._target_.rsplit(".", 1)[-1] if plan.stage == "distill" else "-",
         "device": str(plan.device),
         "spikingjelly.kernel": kernel_in_use(model, plan.device),
+        "speed": speed.describe(
+            plan.settings.precision,
+            plan.settings.channels_last,
+            plan.settings.compile,
+            plan.settings.compile_mode,
+        ),
         "torch.version": torch.__version__,
         "output_dir": str(out.resolve()),
         IDENTITY_TAG: identity,

@@ -54,9 +54,11 @@ class Distiller(nn.Module, abc.ABC):
         return [self.student]
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's logits, computed in inference mode (no autograd bookkeeping at all)."""
         assert self.teacher is not None
-        with torch.no_grad():
-            return self.teacher(x)
+        with torch.inference_mode():
+            logits = self.teacher(x)
+        return logits.clone()  # an ordinary tensor again: losses may save it for their backward
 
     def student_with_features(
         self, x: torch.Tensor, stages: Sequence[str] | None = None
@@ -71,8 +73,9 @@ class Distiller(nn.Module, abc.ABC):
         """Teacher logits ``[B, K]`` and stage outputs ``[B, C, H, W]`` (default: its last stage), no grad."""
         assert self.teacher is not None
         stages = list(stages) if stages is not None else [last_stage(self.teacher)]
-        with torch.no_grad():
-            return self.teacher.forward_with_features(x, stages)
+        with torch.inference_mode():
+            logits, features = self.teacher.forward_with_features(x, stages)
+        return logits.clone(), {name: f.clone() for name, f in features.items()}
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the engine before training epoch ``epoch`` (1-based) of ``epochs``.

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from seal_exp.speed import full_precision
+
 
 class FeatureTaps:
     """Mixin for ``nn.Module`` networks: the outputs of named stages alongside the logits."""
@@ -72,4 +74,5 @@ class FeatureTaps:
         finally:
             for handle in handles:
                 handle.remove()
-        return logits, {name: self.stage_output(captured[name]) for name in stages}
+        # under bf16 autocast the hooks caught reduced-precision outputs: losses get float32
+        return logits, {name: full_precision(self.stage_output(captured[name])) for name in stages}

@@ -28,7 +28,23 @@ def _check_common(v_threshold: float) -> None:
     require(v_threshold > 0, "v_threshold", v_threshold, "the firing threshold must be > 0")
 
 
-class LIF(neuron.LIFNode):
+class Float32Membrane:
+    """Neuron mixin: under bf16/fp16 autocast the input current is cast to float32, so the membrane,
+    the threshold comparison and the reset are computed in float32 (spikes come out float32 and
+    the next convolution casts them down again, exactly: they are 0 or 1)."""
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if x_seq.dtype in (torch.bfloat16, torch.float16):
+            x_seq = x_seq.float()
+        return super().multi_step_forward(x_seq)  # type: ignore[misc]
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
+        return super().single_step_forward(x)  # type: ignore[misc]
+
+
+class LIF(Float32Membrane, neuron.LIFNode):
     """The reference LIF: ``H = decay·V + X``, spike when ``H ≥ v_threshold``, then reset.
 
     Configured by the decay factor the papers quote; spikingjelly's ``tau`` is derived from it
@@ -57,7 +73,7 @@ class LIF(neuron.LIFNode):
         self.decay = float(decay)
 
 
-class PLIF(neuron.ParametricLIFNode):
+class PLIF(Float32Membrane, neuron.ParametricLIFNode):
     """LIF with a learnable decay per layer (Fang et al., 2021): ``decay = 1 − sigmoid(w)``.
 
     ``decay`` is the initial value; each layer then learns its own.
@@ -89,7 +105,7 @@ class PLIF(neuron.ParametricLIFNode):
         return 1.0 - self.w.sigmoid()
 
 
-class IF(neuron.IFNode):
+class IF(Float32Membrane, neuron.IFNode):
     """Integrate-and-fire, no leak: ``H = V + X``."""
 
     def __init__(
