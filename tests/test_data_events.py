@@ -124,7 +124,7 @@ def gesture_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EventF
 
 def test_cifar10dvs_frames_labels_and_batches(c10_data):
     root, fx = c10_data
-    data = c10(root).load()
+    data = c10(root, resize_once=False).load()  # the spikingjelly cache as it is (128×128)
     assert data.time_major and data.val_is_test and data.val is data.test
     assert (len(data.train), len(data.test)) == (90, 10)
     base = data.train.base
@@ -144,6 +144,29 @@ def test_cifar10dvs_frames_labels_and_batches(c10_data):
         str(root), data_type="frame", frames_number=T, split_by="number"
     )
     assert sj.samples == base.samples
+
+
+@pytest.mark.parametrize("name", ["cifar10dvs", "dvsgesture"])
+def test_frames_resized_once_read_as_resizing_at_every_read(c10_data, gesture_data, name):
+    """``resize_once`` (the default): the cache resized once, beside spikingjelly's, gives bit-identical
+    samples to resizing at every read, for evaluation and (same draws) for augmented training."""
+    root, _ = c10_data if name == "cifar10dvs" else gesture_data
+    make = c10 if name == "cifar10dvs" else gesture
+    once, every = make(root).load(), make(root, resize_once=False).load()
+    resized = root / f"frames_number_{T}_split_by_number_resized_48"
+    assert resized.is_dir() and not resized.with_name(resized.name + ".partial").exists()
+    assert once.test.base.resized is not None and every.test.base.resized is None
+    assert once.test.base.samples == every.test.base.samples
+    files = sorted(resized.rglob("*.npy"))
+    assert len(files) == len(list((root / f"frames_number_{T}_split_by_number").rglob("*.npz")))
+    assert np.load(files[0]).shape == (T, 2, 48, 48) and np.load(files[0]).dtype == np.float32
+    for j in range(len(once.test)):
+        assert torch.equal(once.test[j][0], every.test[j][0])
+    for j in range(0, len(once.train), 9):
+        torch.manual_seed(j)
+        a = once.train[j][0]
+        torch.manual_seed(j)
+        assert torch.equal(a, every.train[j][0])
 
 
 @pytest.mark.parametrize("split_by", ["number", "time"])
@@ -325,7 +348,7 @@ def test_cifar10dvs_trains_end_to_end(tmp_path, monkeypatch):
 
 def test_gesture_labels_are_the_gesture_ids(gesture_data):
     root, fx = gesture_data
-    data = gesture(root).load()
+    data = gesture(root, resize_once=False).load()  # the spikingjelly cache as it is (128×128)
     assert data.time_major and data.val_is_test
     assert (len(data.train), len(data.test)) == (22, 11)
     for part in (data.train, data.test):

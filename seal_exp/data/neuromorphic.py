@@ -26,6 +26,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ from filelock import FileLock, Timeout
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import make_dataset
 from torchvision.datasets.utils import check_integrity
+from tqdm.auto import tqdm
 
 from seal_exp.config import require
 from seal_exp.data.augment import FrameAugment, FrameTransform
@@ -113,11 +115,13 @@ class EventFrames(Dataset):
 
     The samples are listed exactly as spikingjelly's ``DatasetFolder`` lists them (torchvision's
     ``make_dataset``: class folders, then files, sorted), but with the labels given by
-    ``class_to_idx``; holding only paths keeps it cheap to send to loader workers.
+    ``class_to_idx``; holding only paths keeps it cheap to send to loader workers. With ``resized``
+    (the resized copy of ``folder``) each sample is read from its ``.npy`` there instead.
     """
 
-    def __init__(self, folder: Path, class_to_idx: Mapping[str, int]) -> None:
+    def __init__(self, folder: Path, class_to_idx: Mapping[str, int], resized: Path | None = None) -> None:
         self.folder = Path(folder)
+        self.resized = None if resized is None else Path(resized)
         self.class_to_idx = dict(class_to_idx)
         self.samples = make_dataset(str(self.folder), self.class_to_idx, extensions=(".npz",))
         self.targets = np.array([label for _, label in self.samples], dtype=np.int64)
@@ -125,8 +129,14 @@ class EventFrames(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def resized_path(self, path: str) -> Path:
+        assert self.resized is not None
+        return self.resized / Path(path).relative_to(self.folder).with_suffix(".npy")
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         path, label = self.samples[i]
+        if self.resized is not None:
+            return np.load(self.resized_path(path)), label
         with np.load(path) as cached:  # spikingjelly stores integrated frames under "frames"
             return cached["frames"].astype(np.float32), label
 
@@ -153,6 +163,7 @@ class _FrameCacheSource(DatasetSource):
         val_fraction: float,
         split_seed: int,
         dataset_class: Callable[..., Any] | None,
+        resize_once: bool = True,
     ) -> None:
         require(
             isinstance(frames_number, int) and not isinstance(frames_number, bool) and frames_number > 0,
@@ -168,6 +179,7 @@ class _FrameCacheSource(DatasetSource):
         )
         require(in_channels == 2, "in_channels", in_channels, "event frames have 2 channels (polarities)")
         self.frames_number, self.split_by = frames_number, split_by
+        self.resize_once = bool(resize_once)
         self.augment = _augment(augment, "augment")
         self.teacher_augment = _augment(teacher_augment, "teacher_augment")
         self.dataset_class = dataset_class or getattr(spikingjelly_datasets(self.SJ_MODULE), self.SJ_CLASS)
@@ -177,6 +189,11 @@ class _FrameCacheSource(DatasetSource):
     @property
     def frames_dir(self) -> Path:
         return self.root / f"frames_number_{self.frames_number}_split_by_{self.split_by}"
+
+    @property
+    def resized_dir(self) -> Path:
+        """The frame cache resized to ``image_size`` (built once, beside it, when ``resize_once``)."""
+        return self.root / f"{self.frames_dir.name}_resized_{self.image_size}"
 
     @property
     def events_dir(self) -> Path:
@@ -274,7 +291,11 @@ class _FrameCacheSource(DatasetSource):
     def build_frames(self) -> None:
         """Make sure the frame cache for this ``frames_number``/``split_by`` exists (built once:
         download/ → extract/ → events_np/ → frames folder, by spikingjelly), waiting for a job that
-        is building it already."""
+        is building it already; then, with ``resize_once``, its copy resized to ``image_size``."""
+        self._build_spikingjelly_frames()
+        self._build_resized()
+
+    def _build_spikingjelly_frames(self) -> None:
         if self._frames_ready():
             return
         with self._lock():
@@ -292,10 +313,53 @@ class _FrameCacheSource(DatasetSource):
         if not self._frames_ready():  # pragma: no cover - spikingjelly changed its layout
             raise self.missing(f"spikingjelly did not build {self.frames_dir} as expected")
 
+    def _resize_needed(self) -> bool:
+        if not self.resize_once:
+            return False
+        first = next(self.frames_dir.rglob("*.npz"), None)
+        if first is None:
+            return False
+        with np.load(first) as cached:
+            return tuple(cached["frames"].shape[-2:]) != (self.image_size, self.image_size)
+
+    def _build_resized(self) -> None:
+        """Resize every cached sample once (the evaluation transform's bilinear resize, so a read is
+        bit-identical to resizing at every read) into float32 ``.npy`` files: at 48×48 a sample is
+        1/7 of the pixels to read and nothing to interpolate per epoch. Built into ``*.partial`` and
+        renamed when complete, so an interrupted build is never taken for a finished one."""
+        if self.resized_dir.is_dir() or not self._resize_needed():
+            return
+        with self._lock():
+            if self.resized_dir.is_dir():  # another job built it while this one waited
+                return
+            partial = self.resized_dir.with_name(self.resized_dir.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            files = sorted(self.frames_dir.rglob("*.npz"))
+            resize = FrameTransform(self.image_size)
+            log.info(
+                "%s: resizing %d cached samples to %d×%d once (%s)",
+                self.name,
+                len(files),
+                self.image_size,
+                self.image_size,
+                self.resized_dir,
+            )
+            for file in tqdm(
+                files, desc=f"{self.name}: resize to {self.image_size}", unit="file", disable=None
+            ):
+                with np.load(file) as cached:
+                    frames = cached["frames"].astype(np.float32)
+                out = partial / file.relative_to(self.frames_dir).with_suffix(".npy")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                np.save(out, resize(frames).numpy())
+            partial.rename(self.resized_dir)
+
     def frames(self, part: str = "") -> EventFrames:
-        """The cached frames of ``part`` (a sub-folder, '' for all), labelled by ``class_to_idx``."""
+        """The cached frames of ``part`` (a sub-folder, '' for all), labelled by ``class_to_idx``;
+        read from the resized copy when there is one."""
+        resized = self.resized_dir / part if self.resize_once and self.resized_dir.is_dir() else None
         try:
-            return EventFrames(self.frames_dir / part, self.class_to_idx())
+            return EventFrames(self.frames_dir / part, self.class_to_idx(), resized)
         except FileNotFoundError as exc:
             raise self.missing(f"{self.frames_dir / part}: {exc} Delete the folder to rebuild it") from exc
 
@@ -381,6 +445,7 @@ The first build also writes extract/ (the unzipped .aedat files): about twice th
         val_fraction: float = 0.0,
         split_seed: int = 42,
         dataset_class: Callable[..., Any] | None = None,
+        resize_once: bool = True,
     ) -> None:
         require(num_classes == 10, "num_classes", num_classes, "CIFAR10-DVS has 10 classes")
         require(
@@ -406,6 +471,7 @@ The first build also writes extract/ (the unzipped .aedat files): about twice th
             val_fraction,
             split_seed,
             dataset_class,
+            resize_once,
         )
 
     def class_folders(self) -> list[str]:
@@ -485,6 +551,7 @@ The first build also writes extract/DvsGesture/ (the unpacked .aedat trials and 
         val_fraction: float = 0.0,
         split_seed: int = 0,
         dataset_class: Callable[..., Any] | None = None,
+        resize_once: bool = True,
     ) -> None:
         require(num_classes == 11, "num_classes", num_classes, "DVS128 Gesture has 11 classes")
         super().__init__(
@@ -500,6 +567,7 @@ The first build also writes extract/DvsGesture/ (the unpacked .aedat trials and 
             val_fraction,
             split_seed,
             dataset_class,
+            resize_once,
         )
 
     def class_folders(self) -> list[str]:
