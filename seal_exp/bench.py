@@ -278,22 +278,24 @@ def step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timing_arguments(parser: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
+    """What every benchmark takes: batch size, repeats, warm-up and the device."""
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--device", default="auto")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seal_exp.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("step", help="training and evaluation step of a composed config")
-    t.add_argument("--batch", type=int, default=32)
-    t.add_argument("--repeats", type=int, default=10)
-    t.add_argument("--warmup", type=int, default=3)
-    t.add_argument("--device", default="auto")
+    _timing_arguments(t, repeats=10, warmup=3)
     t.add_argument("--compare", action="store_true", help="also time the plain path, interleaved")
     t.add_argument("--json", help="write the figures to this file")
     t.add_argument("overrides", nargs="*", help="Hydra overrides (distiller=…, student=…, trainer.compile=…)")
     p = sub.add_parser("stem-once", help="stem computed once vs at every timestep (static images)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    _timing_arguments(p, repeats=7, warmup=2)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (student=…, neuron.T=…, dataset.*)")
     args = parser.parse_args(argv)
     return step(args) if args.command == "step" else stem_once(args)
