@@ -4,7 +4,8 @@
 the optimiser step) and the evaluation step of any composed config, after warm-up, over several
 repeats: images/s, ms/step (median, min, max), peak memory, the spikingjelly kernel and the fast-path
 settings. ``--compare`` times the plain path (fp32, NCHW, no compile, stem at every timestep) against
-the configured one, interleaved. Defaults: SeAl, resnet18 ← resnet34, CIFAR-shaped input, T=4, batch 32.
+the configured one, interleaved; ``--each`` adds the plain path with one switch at a time.
+Defaults: SeAl, resnet18 ← resnet34, CIFAR-shaped input, T=4, batch 32.
 
 ``stem-once``: forward + backward time of a student on static images with the stem computed once
 and broadcast over T, against the stem run at every timestep.
@@ -111,6 +112,15 @@ PLAIN = [
 ]
 
 
+# --each: the plain path plus one switch at a time, to read each one's contribution
+SWITCHES = {
+    "+stem once": ["student.stem_once=true"],
+    "+compile": ["trainer.compile=neurons"],
+    "+channels_last": ["trainer.channels_last=true"],
+    "+bf16": ["trainer.precision=bf16"],
+}
+
+
 def _compose(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
@@ -210,8 +220,13 @@ def step(args: argparse.Namespace) -> int:
     )
     overrides = [*STEP_DEFAULTS, *args.overrides]
     variants = [("configured", overrides)]
-    if args.compare:
-        variants.insert(0, ("plain", _with_plain(overrides)))
+    if args.compare or args.each:
+        plain = _with_plain(overrides)
+        variants.insert(0, ("plain", plain))
+        has_stem = "stem_once" in _compose(overrides).student
+        for name, extra in SWITCHES.items() if args.each else ():
+            if name != "+stem once" or has_stem:
+                variants.insert(-1, (name, [*plain, *extra]))
     timers = [StepTimer(name, _compose(o), args.batch, device) for name, o in variants]
     cfg = timers[-1].cfg
     method, student = (str(cfg[g]._target_).rsplit(".", 1)[-1] for g in ("distiller", "student"))
@@ -248,8 +263,10 @@ def step(args: argparse.Namespace) -> int:
     }
     columns = ("train ms/step (min-max)", "img/s", "eval ms/step", "img/s")
     print(
-        f"  {'variant':11s} {columns[0]:>28s} {columns[1]:>8s} {columns[2]:>13s} {columns[3]:>8s}  settings"
+        f"  {'variant':15s} {columns[0]:>28s} {columns[1]:>8s} {columns[2]:>13s} {columns[3]:>8s} "
+        f"{'x plain':>8s}  settings"
     )
+    plain_ms = statistics.median(timers[0].train_s) if timers[0].name == "plain" else None
     for timer in timers:
         train, evaluation = _stats(timer.train_s, args.batch), _stats(timer.eval_s, args.batch)
         info = timer.describe()
@@ -261,11 +278,15 @@ def step(args: argparse.Namespace) -> int:
         }
         spread = f"{train['ms_median']:9.1f} ({train['ms_min']:.1f}-{train['ms_max']:.1f})"
         settings = f"{info['speed']}, stem once {info['stem_once']}, {info['spikingjelly_kernel']}"
+        speedup = plain_ms / (train["ms_median"] / 1000) if plain_ms else None
+        if speedup is not None:
+            results["variants"][timer.name]["train_speedup_vs_plain"] = speedup
         print(
-            f"  {timer.name:11s} {spread:>28s} {train['images_per_s']:8.1f} {evaluation['ms_median']:13.1f} "
-            f"{evaluation['images_per_s']:8.1f}  {settings}, warm-up {timer.warmup_s:.1f} s"
+            f"  {timer.name:15s} {spread:>28s} {train['images_per_s']:8.1f} {evaluation['ms_median']:13.1f} "
+            f"{evaluation['images_per_s']:8.1f} {f'{speedup:.2f}x' if speedup else '-':>8s}  {settings}, "
+            f"warm-up {timer.warmup_s:.1f} s"
         )
-    if args.compare:
+    if args.compare or args.each:
         plain, configured = (results["variants"][n] for n in ("plain", "configured"))
         ratio = plain["train"]["ms_median"] / configured["train"]["ms_median"]
         eval_ratio = plain["eval"]["ms_median"] / configured["eval"]["ms_median"]
@@ -292,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("step", help="training and evaluation step of a composed config")
     _timing_arguments(t, repeats=10, warmup=3)
     t.add_argument("--compare", action="store_true", help="also time the plain path, interleaved")
+    t.add_argument("--each", action="store_true", help="also the plain path with each switch alone")
     t.add_argument("--json", help="write the figures to this file")
     t.add_argument("overrides", nargs="*", help="Hydra overrides (distiller=…, student=…, trainer.compile=…)")
     p = sub.add_parser("stem-once", help="stem computed once vs at every timestep (static images)")

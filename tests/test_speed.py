@@ -113,6 +113,24 @@ def test_bench_step_prints_and_writes_its_figures(tmp_path: Path, capsys: pytest
     assert figures["train_speedup"] == pytest.approx(
         plain["train"]["ms_median"] / configured["train"]["ms_median"]
     )
+    assert plain["train_speedup_vs_plain"] == 1.0
+
+
+def test_bench_each_switch_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--each``: the plain path plus one switch at a time (compilation left out here: it is slow)."""
+    from seal_exp import bench as bench_module
+
+    switches = {k: v for k, v in bench_module.SWITCHES.items() if k != "+compile"}
+    out = tmp_path / "each.json"
+    argv = ["step", "--each", "--batch", "2", "--repeats", "1", "--warmup", "1", "--json", str(out)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_module, "SWITCHES", switches)
+        assert bench([*argv, "dataset=mnist5k", "student=spiking_cnn", "teacher=cnn", *SMALL[:3]]) == 0
+    variants = json.loads(out.read_text())["variants"]
+    assert list(variants) == ["plain", "+stem once", "+channels_last", "+bf16", "configured"]
+    assert variants["+bf16"]["precision"] == "bf16" and variants["+bf16"]["stem_once"] is False
+    assert variants["+channels_last"]["channels_last"] is True and variants["+stem once"]["stem_once"] is True
+    assert "x plain" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
