@@ -108,8 +108,7 @@ PLAIN = [
     "trainer.precision=fp32",
     "trainer.channels_last=false",
     "trainer.compile=none",
-    "+student.stem_once=false",
-]
+]  # and student.stem_once=false, for students that have a separable stem
 
 
 # --each: the plain path plus one switch at a time, to read each one's contribution
@@ -137,11 +136,8 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def _with_plain(overrides: list[str]) -> list[str]:
     """The plain path's overrides after the user's (``stem_once`` only where the student has it)."""
-    cfg = _compose(overrides)
-    plain = [o for o in PLAIN if not o.startswith("+student.")]
-    if "stem_once" in cfg.student:
-        plain.append("student.stem_once=false")
-    return [*overrides, *plain]
+    stem = ["student.stem_once=false"] if "stem_once" in _compose(overrides).student else []
+    return [*overrides, *PLAIN, *stem]
 
 
 class StepTimer:
