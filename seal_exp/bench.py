@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from seal_exp import speed
@@ -108,6 +109,7 @@ PLAIN = [
     "trainer.precision=fp32",
     "trainer.channels_last=false",
     "trainer.compile=none",
+    "trainer.cache_teacher_logits=false",
 ]  # and student.stem_once=false, for students that have a separable stem
 
 
@@ -117,6 +119,7 @@ SWITCHES = {
     "+compile": ["trainer.compile=neurons"],
     "+channels_last": ["trainer.channels_last=true"],
     "+bf16": ["trainer.precision=bf16"],
+    "+cached teacher": ["trainer.cache_teacher_logits=true"],
 }
 
 
@@ -140,6 +143,17 @@ def _with_plain(overrides: list[str]) -> list[str]:
     return [*overrides, *PLAIN, *stem]
 
 
+def _applicable_switches(cfg: DictConfig) -> list[str]:
+    """The switches of :data:`SWITCHES` this config can take (a stem to hoist, a teacher to cache)."""
+    distiller = get_class(cfg.distiller._target_)
+    skip = set()
+    if "stem_once" not in cfg.student:
+        skip.add("+stem once")
+    if not distiller.requires_teacher or distiller.reads_teacher_features:
+        skip.add("+cached teacher")
+    return [name for name in SWITCHES if name not in skip]
+
+
 class StepTimer:
     """One variant of the step: its networks, optimiser and a fixed synthetic batch on the device."""
 
@@ -157,6 +171,9 @@ class StepTimer:
         generator = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch, channels, size, size, generator=generator).to(device)
         self.y = torch.randint(0, int(cfg.dataset.num_classes), (batch,), generator=generator).to(device)
+        # trainer.cache_teacher_logits=true: the batch carries its teacher logits, computed here once
+        self.cached = plan.cache_teacher_logits
+        self.extra = (plan.distiller.teacher_logits(self.x),) if self.cached else ()
         self.device = device
         self.train_s: list[float] = []
         self.eval_s: list[float] = []
@@ -169,7 +186,7 @@ class StepTimer:
         return time.perf_counter() - start
 
     def train_once(self) -> float:
-        return self._timed(lambda: train_step(self.objective, self.optimizer, self.x, self.y))
+        return self._timed(lambda: train_step(self.objective, self.optimizer, self.x, self.y, *self.extra))
 
     def eval_once(self) -> float:
         def run() -> None:
@@ -190,6 +207,7 @@ class StepTimer:
             "compile": s.compile,
             "compile_mode": s.compile_mode,
             "stem_once": bool(getattr(self.student, "stem_once", False)),
+            "teacher_logits": "cached" if self.cached else "per step",
             "spikingjelly_kernel": kernel_in_use(self.student, self.device),
         }
 
@@ -219,9 +237,9 @@ def step(args: argparse.Namespace) -> int:
     if args.compare or args.each:
         plain = _with_plain(overrides)
         variants.insert(0, ("plain", plain))
-        has_stem = "stem_once" in _compose(overrides).student
+        applicable = _applicable_switches(_compose(overrides))
         for name, extra in SWITCHES.items() if args.each else ():
-            if name != "+stem once" or has_stem:
+            if name in applicable:
                 variants.insert(-1, (name, [*plain, *extra]))
     timers = [StepTimer(name, _compose(o), args.batch, device) for name, o in variants]
     cfg = timers[-1].cfg
@@ -273,7 +291,10 @@ def step(args: argparse.Namespace) -> int:
             **info,
         }
         spread = f"{train['ms_median']:9.1f} ({train['ms_min']:.1f}-{train['ms_max']:.1f})"
-        settings = f"{info['speed']}, stem once {info['stem_once']}, {info['spikingjelly_kernel']}"
+        settings = (
+            f"{info['speed']}, stem once {info['stem_once']}, teacher logits {info['teacher_logits']}, "
+            f"{info['spikingjelly_kernel']}"
+        )
         speedup = plain_ms / (train["ms_median"] / 1000) if plain_ms else None
         if speedup is not None:
             results["variants"][timer.name]["train_speedup_vs_plain"] = speedup

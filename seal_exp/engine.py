@@ -77,9 +77,17 @@ class TrainerSettings(LoopSettings):
     channels_last: bool = False
     compile: str = "none"
     compile_mode: str = "default"
+    cache_teacher_logits: bool | str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(
+            self.cache_teacher_logits in ("auto", True, False),
+            "cache_teacher_logits",
+            self.cache_teacher_logits,
+            "use auto (when augmentation is off and the distiller reads only the teacher's logits), "
+            "true or false",
+        )
         require(
             self.dist_backend in ("auto", "nccl", "gloo"),
             "dist_backend",
@@ -344,13 +352,18 @@ class LaggedReadout:
 
 
 def train_step(
-    objective: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *extra: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimiser step on a batch already on the device: what training repeats and the benchmark times.
 
+    ``extra``: the batch's further fields (cached teacher logits), passed on to the objective.
     Returns the logits, the loss terms and their sum (all still on the device: nothing is read).
     """
-    logits, terms = objective(x, y)
+    logits, terms = objective(x, y, *extra)
     loss = torch.stack(list(terms.values())).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -402,11 +415,12 @@ def train_one_epoch(
     )
     terms: dict[str, torch.Tensor] = {}
     readout = LaggedReadout(device)
-    for step, (x, y) in enumerate(bar, start=totals.steps):
+    for step, (x, y, *extra) in enumerate(bar, start=totals.steps):
         if limit is not None and step >= limit:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, terms, loss = train_step(objective, optimizer, x, y)
+        extra = [e.to(device, non_blocking=True) for e in extra]
+        logits, terms, loss = train_step(objective, optimizer, x, y, *extra)
         totals.add(terms, logits, y, loss, step)
         if step % progress_every == 0:
             values = readout.read(totals.bad_step, loss)

@@ -27,7 +27,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from seal_exp import checkpoint, distributed, preemption, report, speed
+from seal_exp import cached_teacher_logits, checkpoint, distributed, preemption, report, speed
 from seal_exp import teacher as teachers
 from seal_exp.config import ConfigError, build, flatten, invalid
 from seal_exp.data import DataSplits, make_loader
@@ -70,6 +70,7 @@ class Plan:
     teacher_optimizer: torch.optim.Optimizer | None = None
     teacher_scheduler: Any = None
     launch: LaunchEnvironment | None = None  # torchrun / submitit tasks: this process's rank
+    cache_teacher_logits: bool = False  # trainer.cache_teacher_logits, resolved for this run
 
 
 def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
@@ -135,6 +136,9 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
         with isolated_torch_rng(cfg.seed):  # any module a method adds (a projector) starts from the seed
             plan.distiller = build(cfg.distiller, "distiller", student=plan.student, teacher=plan.teacher)
         plan.distiller.seed_noise(cfg.seed)
+        # the benchmark's synthetic batch caches only when asked to (it cannot tell augmentation)
+        setting = settings.cache_teacher_logits if data else settings.cache_teacher_logits is True
+        plan.cache_teacher_logits = cached_teacher_logits.resolve(setting, plan.dataset, plan.distiller)
         plan.optimizer = build(cfg.optim, "optim", modules=plan.distiller.learnable_modules())
         plan.scheduler = build(cfg.sched, "sched", optimizer=plan.optimizer)
     speed.accelerate(
@@ -390,9 +394,30 @@ def _execute(
         summary["epochs"] = int(cfg.teacher.recipe.epochs)
         return summary
 
+    train_part = data.train
+    per_epoch = len(data.train)
+    if settings.limit_train_batches is not None:
+        per_epoch = min(per_epoch, settings.limit_train_batches * settings.batch_size)
+    if plan.cache_teacher_logits and cached_teacher_logits.pays(
+        settings.cache_teacher_logits,
+        len(data.train),
+        int(cfg.dataset.num_classes),
+        per_epoch * settings.epochs,
+    ):  # every rank caches the whole training part (its shard changes every epoch)
+        logits = cached_teacher_logits.compute(
+            plan.distiller,
+            _loader(plan, data, data.train, settings.eval_batch_size, shuffle=False),
+            device,
+            settings.progress and dist.is_main,
+        )
+        train_part = cached_teacher_logits.WithTeacherLogits(data.train, logits)
+    summary["teacher_logits"] = (
+        "cached" if train_part is not data.train else "per step" if plan.teacher is not None else None
+    )
+
     # same student data order whether the teacher was trained, cached or absent
     seed_everything(plan.seed + RANK_SEED_STRIDE * dist.rank)
-    train_loader = _loader(plan, data, data.train, settings.batch_size, shuffle=True, dist=dist)
+    train_loader = _loader(plan, data, train_part, settings.batch_size, shuffle=True, dist=dist)
     if resume is not None and train_loader.num_workers > 0 and train_loader.persistent_workers:
         log.warning(
             "resuming with persistent loader workers: from here on the batch order and augmentation draws "

@@ -127,8 +127,11 @@ def test_bench_each_switch_alone(tmp_path: Path, capsys: pytest.CaptureFixture) 
         mp.setattr(bench_module, "SWITCHES", switches)
         assert bench([*argv, "dataset=mnist5k", "student=spiking_cnn", "teacher=cnn", *SMALL[:3]]) == 0
     variants = json.loads(out.read_text())["variants"]
-    assert list(variants) == ["plain", "+stem once", "+channels_last", "+bf16", "configured"]
+    expected = ["plain", "+stem once", "+channels_last", "+bf16", "+cached teacher", "configured"]
+    assert list(variants) == expected
     assert variants["+bf16"]["precision"] == "bf16" and variants["+bf16"]["stem_once"] is False
+    assert variants["+cached teacher"]["teacher_logits"] == "cached"
+    assert variants["plain"]["teacher_logits"] == "per step" == variants["configured"]["teacher_logits"]
     assert variants["+channels_last"]["channels_last"] is True and variants["+stem once"]["stem_once"] is True
     assert "x plain" in capsys.readouterr().out
 

@@ -153,6 +153,15 @@ class FrameAugment:
         return _from_mapping(cls, node, key)
 
 
+def augments(aug: ImageAugment | FrameAugment | None) -> bool:
+    """Whether a training pipeline draws anything at random (else a sample is the same every epoch)."""
+    if isinstance(aug, ImageAugment):
+        return aug.crop or aug.flip or aug.autoaugment or aug.cutout > 0
+    if isinstance(aug, FrameAugment):
+        return aug.flip or bool(aug.one_of)
+    return False
+
+
 class FrameTransform:
     """Event frames ``[T, C, H, W]`` (numpy or tensor) → float32 tensor, resized to ``size``; with
     ``augment``, flipped and given one op per sample."""

@@ -23,6 +23,7 @@ class EmbeddedImages(abc.ABC):
     NUM_CLASSES = 10
     IN_CHANNELS = 1
     IMAGE_SIZE: int
+    augments_training = False  # served as they are, every epoch
 
     def __init__(
         self,

@@ -59,9 +59,10 @@ class ShardedSampler(Sampler[int]):
 
 
 def time_major_collate(batch: list[Any]) -> Any:
-    """Stack ``[T, C, H, W]`` event-frame samples into a time-major ``[T, B, C, H, W]`` batch."""
-    x, y = default_collate(batch)
-    return x.transpose(0, 1).contiguous(), y
+    """Stack ``[T, C, H, W]`` event-frame samples into a time-major ``[T, B, C, H, W]`` batch
+    (further fields, such as cached teacher logits, are batched as they are)."""
+    x, *rest = default_collate(batch)
+    return x.transpose(0, 1).contiguous(), *rest
 
 
 def resolve_workers(num_workers: int | str, in_memory: bool) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
+from typing import Any
 
 from seal_exp.config import ConfigError, require
+from seal_exp.data.augment import augments
 from seal_exp.data.splits import DataSplits
 
 
@@ -43,6 +45,7 @@ class DatasetSource(abc.ABC):
     """
 
     LAYOUT: str = ""
+    augment: Any = None  # the student's training augmentation (ImageAugment / FrameAugment / None)
     SOURCE: str = ""
 
     def __init__(
@@ -70,6 +73,11 @@ class DatasetSource(abc.ABC):
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.check_files()
+
+    @property
+    def augments_training(self) -> bool:
+        """Whether the student's training pipeline (``augment``) draws at random."""
+        return augments(self.augment)
 
     def missing(self, problem: str) -> MissingDataset:
         return missing_dataset(self.name, self.root, problem, self.LAYOUT, self.SOURCE)

@@ -28,6 +28,9 @@ class Distiller(nn.Module, abc.ABC):
     """Student + frozen teacher + loss, returning ``(student_logits [T,B,K], {term: weighted loss})``."""
 
     requires_teacher: ClassVar[bool] = True
+    # whether the loss reads the teacher's stage outputs (not only its logits): such a distiller
+    # cannot train from cached teacher logits (trainer.cache_teacher_logits)
+    reads_teacher_features: ClassVar[bool] = False
 
     def __init__(
         self, student: nn.Module, teacher: nn.Module | None = None, hard_loss: HardLoss = tet_ce
@@ -41,6 +44,23 @@ class Distiller(nn.Module, abc.ABC):
             self.teacher.eval()
         self.hard_loss = hard_loss
         self.epoch, self.epochs = 1, 1
+        self._given_teacher_logits: torch.Tensor | None = None
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``teacher_logits``: the teacher's logits ``[B, K]`` for this batch, computed beforehand
+        (``trainer.cache_teacher_logits``); :meth:`teacher_logits` then returns them instead of
+        running the teacher."""
+        if teacher_logits is None:
+            return super().__call__(x, y)
+        if self.reads_teacher_features:
+            raise RuntimeError(f"{type(self).__name__} reads the teacher's features: it needs the teacher")
+        self._given_teacher_logits = teacher_logits
+        try:
+            return super().__call__(x, y)
+        finally:
+            self._given_teacher_logits = None
 
     def train(self, mode: bool = True) -> Distiller:
         """Train the student; the teacher stays in eval mode (its BatchNorm statistics are fixed)."""
@@ -55,6 +75,8 @@ class Distiller(nn.Module, abc.ABC):
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen teacher's logits, computed in inference mode (no autograd bookkeeping at all)."""
+        if self._given_teacher_logits is not None:
+            return self._given_teacher_logits
         assert self.teacher is not None
         with torch.inference_mode():
             logits = self.teacher(x)

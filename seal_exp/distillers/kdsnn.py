@@ -34,6 +34,8 @@ def feature_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class KDSNN(Distiller):
     """``(1−a)·L_hard + a·KD_τ(z̄, A) + α_f·‖conv₁ₓ₁(mean_t F) − A_f‖²/B`` with a trained projector."""
 
+    reads_teacher_features = True
+
     def __init__(
         self,
         student: nn.Module,

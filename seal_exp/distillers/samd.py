@@ -216,6 +216,7 @@ class SAMD(_SamdNld):
     """``L = L_hard + β·L_SAMD``: the student's summed activation map follows the teacher's CAM."""
 
     use_samd, use_nld = True, False
+    reads_teacher_features = True  # the teacher's CAM
 
     def __init__(
         self,
@@ -257,6 +258,7 @@ class SAMDNLD(_SamdNld):
     """``L = L_hard + β·L_SAMD + γ·L_NLD``: the paper's full method."""
 
     use_samd, use_nld = True, True
+    reads_teacher_features = True  # the teacher's CAM
 
     def __init__(
         self,
