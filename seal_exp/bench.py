@@ -7,11 +7,16 @@ settings. ``--compare`` times the plain path (fp32, NCHW, no compile, stem at ev
 the configured one, interleaved; ``--each`` adds the plain path with one switch at a time.
 Defaults: SeAl, resnet18 ← resnet34, CIFAR-shaped input, T=4, batch 32.
 
+``data``: the training loader of a dataset config, as training builds it, for several worker counts
+(and pinned memory on CUDA): start-up time, ms/batch and samples/s, to compare with ``step``'s
+ms/step (a loader keeps up when it delivers a batch faster than the step consumes it).
+
 ``stem-once``: forward + backward time of a student on static images with the stem computed once
 and broadcast over T, against the stem run at every timestep.
 
     python -m seal_exp.bench step --compare
     python -m seal_exp.bench step --batch 128 --json bench.json trainer.compile=neurons trainer.precision=bf16
+    python -m seal_exp.bench data --workers 0,1,2 dataset=mnist5k_dvs
     python -m seal_exp.bench stem-once --batch 64 --repeats 9 student=vggsnn neuron.T=10
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import sys
@@ -33,7 +39,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from seal_exp import speed
-from seal_exp.config import CONF_DIR
+from seal_exp.config import CONF_DIR, build
+from seal_exp.data.loaders import make_loader, resolve_workers
 from seal_exp.engine import train_step
 from seal_exp.models import build_student
 from seal_exp.models.neurons import kernel_in_use, reset_spiking_state
@@ -316,6 +323,89 @@ def step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_counts(text: str, in_memory: bool) -> list[int]:
+    counts = []
+    for item in text.split(","):
+        item = item.strip()
+        if item != "auto" and not item.isdigit():
+            raise SystemExit(f"--workers {text!r}: use a comma-separated list of counts >= 0 or auto")
+        counts.append(resolve_workers(item if item == "auto" else int(item), in_memory))
+    return list(dict.fromkeys(counts))
+
+
+def data(args: argparse.Namespace) -> int:
+    """Time the training loader for each worker count (and pinned memory on CUDA), batches moved to
+    the device as training moves them."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output=.", "tracking=none", *args.overrides])
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    settings = build(cfg.trainer, "trainer")
+    batch = args.batch or settings.batch_size
+    source = build(cfg.dataset, "dataset")  # checks the files, naming the folder, before any read
+    started = time.perf_counter()
+    splits = source.load()
+    load_s = time.perf_counter() - started
+    counts = _worker_counts(args.workers, splits.in_memory)
+    pins = [False, True] if device.type == "cuda" else [False]
+    print(
+        f"training loader: {cfg.dataset.name}, {len(splits.train)} samples, batch {batch}, "
+        f"{'in memory' if splits.in_memory else 'read from files'}, {device}, "
+        f"{len(os.sched_getaffinity(0))} cores; load (and cache build) {load_s:.1f} s; "
+        f"{args.batches} batches timed after the first"
+    )
+    header = ("workers", "pinned", "first batch s", "ms/batch (min-max)", "samples/s")
+    print("  {:>7s} {:>6s} {:>13s} {:>24s} {:>10s}".format(*header))
+    results: dict[str, Any] = {
+        "dataset": str(cfg.dataset.name),
+        "samples": len(splits.train),
+        "batch": batch,
+        "device": str(device),
+        "load_s": load_s,
+        "loaders": [],
+    }
+    for workers in counts:
+        for pin in pins:
+            loader = make_loader(
+                splits.train,
+                batch,
+                shuffle=True,
+                seed=0,
+                num_workers=workers,
+                pin_memory=pin,
+                persistent_workers=False,
+                time_major=splits.time_major,
+            )
+            n = min(args.batches, len(loader) - 1)
+            if n < 1:
+                raise SystemExit(f"the training part holds {len(loader)} batch(es) of {batch}: lower --batch")
+            times: list[float] = []
+            start = time.perf_counter()
+            for i, (x, *_rest) in enumerate(loader):
+                x.to(device, non_blocking=True)
+                _sync(device)
+                now = time.perf_counter()
+                if i == 0:
+                    first = now - start
+                else:
+                    times.append(now - start)
+                start = now
+                if i == n:
+                    break
+            stats = _stats(times, batch)
+            results["loaders"].append(
+                {"workers": workers, "pin_memory": pin, "first_batch_s": first, **stats}
+            )
+            spread = f"{stats['ms_median']:9.1f} ({stats['ms_min']:.1f}-{stats['ms_max']:.1f})"
+            print(f"  {workers:7d} {pin!s:>6s} {first:13.2f} {spread:>24s} {stats['images_per_s']:10.0f}")
+    print("  compare ms/batch with the training step's ms/step: python -m seal_exp.bench step")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"  figures written to {args.json}")
+    return 0
+
+
 def _timing_arguments(parser: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
     """What every benchmark takes: batch size, repeats, warm-up and the device."""
     parser.add_argument("--batch", type=int, default=32)
@@ -336,8 +426,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("stem-once", help="stem computed once vs at every timestep (static images)")
     _timing_arguments(p, repeats=7, warmup=2)
     p.add_argument("overrides", nargs="*", help="Hydra overrides (student=…, neuron.T=…, dataset.*)")
+    d = sub.add_parser("data", help="the training loader: worker counts, pinned memory")
+    d.add_argument("--workers", default="0,auto", help="comma-separated worker counts (auto: as training)")
+    d.add_argument("--batches", type=int, default=50, help="batches timed after the first")
+    d.add_argument("--batch", type=int, default=0, help="batch size (0: trainer.batch_size)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--json", help="write the figures to this file")
+    d.add_argument("overrides", nargs="*", help="Hydra overrides (dataset=…, dataset.root=…)")
     args = parser.parse_args(argv)
-    return step(args) if args.command == "step" else stem_once(args)
+    return {"step": step, "data": data, "stem-once": stem_once}[args.command](args)
 
 
 if __name__ == "__main__":

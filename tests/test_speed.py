@@ -160,3 +160,17 @@ def test_training_steps_never_wait_for_the_gpu(tmp_path: Path) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert totals.seen == 48 and totals.bad_step.item() == -1
+
+
+def test_bench_data_times_the_training_loader_per_worker_count(tmp_path: Path) -> None:
+    out = tmp_path / "data.json"
+    argv = ["data", "--workers", "0,1", "--batches", "2", "--batch", "16", "--json", str(out)]
+    assert bench([*argv, "dataset=digits", f"paths.root={tmp_path}"]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["samples"] > 0 and figures["batch"] == 16
+    assert [entry["workers"] for entry in figures["loaders"]] == [0, 1]
+    for entry in figures["loaders"]:
+        assert entry["first_batch_s"] > 0 and 0 < entry["ms_min"] <= entry["ms_median"] <= entry["ms_max"]
+        assert entry["images_per_s"] == pytest.approx(16 / (entry["ms_median"] / 1000))
+    with pytest.raises(SystemExit, match="--workers"):
+        bench(["data", "--workers", "two", "dataset=digits", f"paths.root={tmp_path}"])
