@@ -168,12 +168,22 @@ def plot(path: Path, table: Sequence[dict[str, Any]], title: str) -> None:
     for i, e in enumerate(table):
         left.plot([i] * len(e["per_seed_test_acc"]), e["per_seed_test_acc"], "k.", ms=4)
     low = min(a for e in table for a in e["per_seed_test_acc"])
-    left.set_ylim(max(0.0, math.floor(low) - 2), min(100.0, max(means) + 2))
+    high = max(a for e in table for a in e["per_seed_test_acc"])
+    left.set_ylim(max(0.0, math.floor(low) - 2), min(100.0, high + 1))
     left.set_ylabel("test accuracy (%), selected on val")
     left.tick_params(axis="x", rotation=45)
-    for e in table:
+    colours = plt.get_cmap("tab20").colors  # one colour per distiller (the default cycle has ten)
+    for i, e in enumerate(table):
         steps = range(1, len(e["per_timestep_test_acc"]) + 1)
-        right.plot(steps, e["per_timestep_test_acc"], "o-", ms=3, label=e["distiller"])
+        right.plot(
+            steps,
+            e["per_timestep_test_acc"],
+            "os^vD"[i % 5] + "-",
+            ms=3,
+            color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+            label=e["distiller"],
+        )
+        right.set_xticks(list(steps))
     right.set_xlabel("timestep t")
     right.set_ylabel("test accuracy of step t alone (%)")
     right.legend(fontsize=6, ncol=2)
