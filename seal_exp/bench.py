@@ -219,6 +219,11 @@ class StepTimer:
         }
 
 
+def _progress(line: str) -> None:
+    """Where a long benchmark is (on stderr, so the table on stdout stays clean)."""
+    print(f"  .. {line}", file=sys.stderr, flush=True)
+
+
 def _stats(times: list[float], batch: int) -> dict[str, float]:
     median = statistics.median(times)
     return {
@@ -263,12 +268,16 @@ def step(args: argparse.Namespace) -> int:
             timer.train_once()
             timer.eval_once()
         timer.warmup_s = time.perf_counter() - start
+        _progress(f"warm-up {timer.name}: {timer.warmup_s:.1f} s")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
+    for r in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
         for timer in timers:
             timer.train_s.append(timer.train_once())
             timer.eval_s.append(timer.eval_once())
+        _progress(
+            f"round {r + 1}/{args.repeats}: " + ", ".join(f"{t.name} {t.train_s[-1]:.2f} s" for t in timers)
+        )
     memory_kind, memory = _peak_memory_mb(device)
     results: dict[str, Any] = {
         "device": str(device),
