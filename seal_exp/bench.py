@@ -49,6 +49,11 @@ from seal_exp.models.spiking_network import SpikingNetwork
 CIFAR_SHAPE = ["dataset.num_classes=10", "dataset.in_channels=3", "dataset.image_size=32"]
 
 
+def _device(name: str) -> torch.device:
+    """``--device``: ``auto`` is CUDA when present, else the CPU."""
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -75,9 +80,7 @@ def stem_once(args: argparse.Namespace) -> int:
             "train",
             overrides=["paths.root=.", "paths.output=.", "student=resnet18", *CIFAR_SHAPE, *args.overrides],
         )
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = _device(args.device)
     torch.manual_seed(0)
     once = build_student(cfg).to(device).train()
     if not isinstance(once, SpikingNetwork):
@@ -144,9 +147,9 @@ def _compose(overrides: list[str]) -> DictConfig:
         )
 
 
-def _with_plain(overrides: list[str]) -> list[str]:
-    """The plain path's overrides after the user's (``stem_once`` only where the student has it)."""
-    stem = ["student.stem_once=false"] if "stem_once" in _compose(overrides).student else []
+def _with_plain(overrides: list[str], cfg: DictConfig) -> list[str]:
+    """The plain path's overrides after the user's (``stem_once`` only where ``cfg``'s student has it)."""
+    stem = ["student.stem_once=false"] if "stem_once" in cfg.student else []
     return [*overrides, *PLAIN, *stem]
 
 
@@ -241,15 +244,14 @@ def _peak_memory_mb(device: torch.device) -> tuple[str, float]:
 
 
 def step(args: argparse.Namespace) -> int:
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = _device(args.device)
     overrides = [*STEP_DEFAULTS, *args.overrides]
     variants = [("configured", overrides)]
     if args.compare or args.each:
-        plain = _with_plain(overrides)
+        configured = _compose(overrides)
+        plain = _with_plain(overrides, configured)
         variants.insert(0, ("plain", plain))
-        applicable = _applicable_switches(_compose(overrides))
+        applicable = _applicable_switches(configured)
         for name, extra in SWITCHES.items() if args.each else ():
             if name in applicable:
                 variants.insert(-1, (name, [*plain, *extra]))
@@ -347,9 +349,7 @@ def data(args: argparse.Namespace) -> int:
     the device as training moves them."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["paths.output=.", "tracking=none", *args.overrides])
-    device = torch.device(
-        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = _device(args.device)
     settings = build(cfg.trainer, "trainer")
     batch = args.batch or settings.batch_size
     source = build(cfg.dataset, "dataset")  # checks the files, naming the folder, before any read

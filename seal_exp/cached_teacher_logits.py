@@ -25,7 +25,6 @@ from seal_exp.distillers.base import Distiller
 log = logging.getLogger("seal_exp")
 
 KEY = "trainer.cache_teacher_logits"
-SETTINGS = ("auto", True, False)
 AUTO_LIMIT_BYTES = 2 * 2**30  # auto caches at most this much (float32 N×K, on the host)
 
 
@@ -34,10 +33,9 @@ def resolve(setting: bool | str, dataset: Any | None, distiller: Distiller | Non
 
     ``auto``: when the training pipeline draws nothing at random and the distiller has a teacher
     and reads only its logits (and, once the data is loaded, the cache pays: :func:`pays`);
-    ``true`` where that cannot be done is refused, with the reasons.
+    ``true`` where that cannot be done is refused, with the reasons. (``TrainerSettings`` has
+    already refused any other value.)
     """
-    if setting not in SETTINGS:
-        raise ConfigError(f"{KEY}={setting!r}: use auto, true or false")
     if setting is False or distiller is None:
         return False
     reasons = []
