@@ -20,7 +20,7 @@ help:
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"
 	@echo "make models  every student and teacher with its parameter count (ARGS: dataset overrides)"
-	@echo "make bench   speed figures: training/evaluation step, plain path vs configured (ARGS: overrides)"
+	@echo "make bench   speed figures: training/evaluation step, plain path vs configured (ARGS: overrides; minutes on a CPU; BENCHMARKS.md)"
 	@echo "make lint    ruff check + format check"
 	@echo "make clean   remove Python caches and build leftovers (runs, mlflow.db and the teacher cache are kept)"
 	@echo "Pass Hydra overrides with ARGS=\"...\"."

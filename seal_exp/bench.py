@@ -328,10 +328,34 @@ def step(args: argparse.Namespace) -> int:
         results["train_speedup"], results["eval_speedup"] = ratio, eval_ratio
         print(f"  configured vs plain: training step {ratio:.2f}x faster, evaluation step {eval_ratio:.2f}x")
     print(f"  peak memory ({memory_kind}): {memory:.0f} MB")
+    if args.profile:
+        results["profile"] = _profile(timers[-1], args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"  figures written to {args.json}")
     return 0
+
+
+def _profile(timer: StepTimer, rows: int) -> list[dict[str, Any]]:
+    """Where one training step of ``timer``'s variant spends its time: the operators with the most
+    self time (torch.profiler), printed and returned for the JSON."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if timer.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        timer.train_once()
+    attr = "self_device_time_total" if timer.device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr), reverse=True)
+    total = sum(getattr(e, attr) for e in events) or 1
+    print(f"  one training step of {timer.name!r}, the {rows} operators with the most self time:")
+    table = []
+    for e in events[:rows]:
+        self_us = getattr(e, attr)
+        table.append({"op": e.key, "calls": e.count, "self_ms": self_us / 1000, "share": self_us / total})
+        print(
+            f"    {e.key[:48]:48s} {e.count:6d} calls {self_us / 1000:9.1f} ms {100 * self_us / total:5.1f} %"
+        )
+    return table
 
 
 def _worker_counts(text: str, in_memory: bool) -> list[int]:
@@ -431,6 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--compare", action="store_true", help="also time the plain path, interleaved")
     t.add_argument("--each", action="store_true", help="also the plain path with each switch alone")
     t.add_argument("--json", help="write the figures to this file")
+    t.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then profile one configured step: the N costliest operators",
+    )
     t.add_argument("overrides", nargs="*", help="Hydra overrides (distiller=…, student=…, trainer.compile=…)")
     p = sub.add_parser("stem-once", help="stem computed once vs at every timestep (static images)")
     _timing_arguments(p, repeats=7, warmup=2)

@@ -74,7 +74,7 @@ class TrainerSettings(LoopSettings):
     dist_backend: str = "auto"
     dist_timeout_min: float = 30.0
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True
     compile: str = "none"
     compile_mode: str = "default"
     cache_teacher_logits: bool | str = "auto"

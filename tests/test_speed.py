@@ -47,7 +47,8 @@ def _assert_same(a: tuple, b: tuple, rtol: float, atol: float) -> None:
 
 
 def test_channels_last_matches_nchw_in_float32(tmp_path: Path) -> None:
-    _assert_same(_step(tmp_path), _step(tmp_path, "trainer.channels_last=true"), rtol=1e-5, atol=1e-6)
+    nchw = _step(tmp_path, "trainer.channels_last=false")
+    _assert_same(nchw, _step(tmp_path, "trainer.channels_last=true"), rtol=1e-5, atol=1e-6)
 
 
 def test_compiled_neurons_match_eager_in_float32(tmp_path: Path) -> None:
@@ -98,9 +99,10 @@ def test_bench_step_prints_and_writes_its_figures(tmp_path: Path, capsys: pytest
     out = tmp_path / "bench.json"
     argv = ["step", "--compare", "--batch", "2", "--repeats", "2", "--warmup", "1", "--json", str(out)]
     overrides = ["dataset=mnist5k", "student=spiking_cnn", "teacher=cnn", *SMALL[:3]]
-    assert bench([*argv, *overrides]) == 0
+    assert bench([*argv, "--profile", "3", *overrides]) == 0
     printed = capsys.readouterr().out
     assert "configured vs plain: training step" in printed
+    assert "the 3 operators with the most self time" in printed
     figures = json.loads(out.read_text())
     assert set(figures["variants"]) == {"plain", "configured"}
     plain, configured = figures["variants"]["plain"], figures["variants"]["configured"]
@@ -114,6 +116,11 @@ def test_bench_step_prints_and_writes_its_figures(tmp_path: Path, capsys: pytest
         plain["train"]["ms_median"] / configured["train"]["ms_median"]
     )
     assert plain["train_speedup_vs_plain"] == 1.0
+    profile = figures["profile"]  # the configured step's costliest operators, costliest first
+    assert len(profile) == 3
+    assert all(isinstance(row["op"], str) and row["op"] and row["calls"] >= 1 for row in profile)
+    assert [row["self_ms"] for row in profile] == sorted((row["self_ms"] for row in profile), reverse=True)
+    assert all(0 < row["share"] <= 1 for row in profile) and sum(row["share"] for row in profile) <= 1 + 1e-9
 
 
 def test_bench_each_switch_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

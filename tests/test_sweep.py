@@ -4,6 +4,7 @@ hits its time limit is requeued and resumes, and `python -m seal_exp.sweep statu
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -77,20 +78,23 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
 
 
 def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losing_an_epoch(tmp_path):
-    """submitit_local sends the pre-timeout signal 30 s before the limit, so 30 s into every 1-minute
-    attempt; training takes longer than one attempt, so the job must checkpoint, be requeued and continue
-    from where it stopped, maybe more than once."""
+    """submitit_local sends the pre-timeout signal 30 s before the limit, so 90 s into every 2-minute
+    attempt. The job reads its training samples at a fixed pace (tests/paced_data.py), so it trains
+    for more than 90 s on any machine: it must checkpoint, be requeued and continue from where it
+    stopped, maybe more than once."""
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
         [
             "-m",
             "hydra/launcher=local",
-            "hydra.launcher.timeout_min=1",
+            "hydra.launcher.timeout_min=2",
             "+hydra.launcher.max_num_timeout=8",
             "dataset=mnist5k",
+            "dataset._target_=tests.paced_data.PacedMNIST5k",
+            "+dataset.seconds_per_sample=0.025",  # 2 epochs of 30 batches of 64: at least 96 s of reading
             "distiller=none",
             "trainer.epochs=2",
-            "trainer.limit_train_batches=25",
+            "trainer.limit_train_batches=30",
             "trainer.eval_batch_size=500",
             "trainer.checkpoint_every_steps=10",
             "trainer.progress=false",
@@ -99,7 +103,8 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losin
             f"hydra.sweep.dir={sweep_dir}",
         ],
         REPO,
-        timeout=900,
+        timeout=1500,
+        env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.*"))

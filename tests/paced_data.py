@@ -1,0 +1,42 @@
+"""The embedded MNIST-5k with training samples that take a fixed wall time to read.
+
+A job built on it lasts a known minimum time on any machine, which the time-limit test needs: its
+job must still be training when the launcher's pre-timeout signal comes, however fast the CPU.
+Instantiated by Hydra in the job's own process (``dataset._target_=tests.paced_data.PacedMNIST5k``,
+with the checkout on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from seal_exp.data.embedded import MNIST5k
+from seal_exp.data.splits import DataSplits
+
+
+class PacedSamples(Dataset):
+    """``inner``, each sample read no sooner than ``seconds`` after it was asked for."""
+
+    def __init__(self, inner: Dataset, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        time.sleep(self.seconds)
+        return self.inner[index]
+
+
+class PacedMNIST5k(MNIST5k):
+    def __init__(self, seconds_per_sample: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seconds_per_sample = seconds_per_sample
+
+    def load(self) -> DataSplits:
+        splits = super().load()
+        return dataclasses.replace(splits, train=PacedSamples(splits.train, self.seconds_per_sample))
