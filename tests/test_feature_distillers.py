@@ -108,12 +108,21 @@ def bilinear_oracle(m: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
 
 
 def normalise_oracle(maps: list[list[torch.Tensor]], norm: str) -> list[list[torch.Tensor]]:
-    """(M − min)/(max + 1e-3), maps given as per-sample lists of pixel scalars."""
+    """M' = M − min M, then M' / (max M' + 1e-3): the maximum of the *shifted* map (methods.md).
+    Maps are given as per-sample lists of pixel scalars."""
+
+    def shift_then_scale(values: list[torch.Tensor], low: torch.Tensor, high: torch.Tensor):
+        return [(v - low) / (high + 1e-3) for v in values]
+
     if norm == "batch":
-        everything = [v for m in maps for v in m]
-        low, high = min(everything), max(everything)
-        return [[(v - low) / (high + 1e-3) for v in m] for m in maps]
-    return [[(v - min(m)) / (max(m) + 1e-3) for v in m] for m in maps]
+        low = min(v for m in maps for v in m)
+        high = max(v - low for m in maps for v in m)
+        return [shift_then_scale(m, low, high) for m in maps]
+    out = []
+    for m in maps:
+        low = min(m)
+        out.append(shift_then_scale(m, low, max(v - low for v in m)))
+    return out
 
 
 def samd_oracle(
@@ -306,18 +315,60 @@ def test_cam_and_gradcam_agree_up_to_a_positive_scale_for_a_gap_linear_head():
     assert torch.allclose(grad_cam * 9, cam, rtol=1e-12, atol=1e-12)
     for norm in ("batch", "sample"):
         n_cam, n_grad = normalise_map(cam, norm), normalise_map(grad_cam, norm)
-        assert torch.allclose(n_cam, n_grad, atol=1e-3)  # (M−min)/(max + 1e-3) vs (M−min)/(max + 9e-3)
+        assert torch.allclose(n_cam, n_grad, atol=1e-3)  # M'/(max M' + 1e-3) vs M'/(max M' + 9e-3)
     F_s = rand(2, 4, 3, 3, 3, seed=5)
     l_cam = samd_loss(F_s, cam, 2.0, "batch", False)
     assert torch.allclose(samd_loss(F_s, grad_cam, 2.0, "batch", False), l_cam, rtol=1e-3)
 
 
 def test_normalise_map_by_batch_and_by_sample():
-    m = rand(3, 2, 2, seed=6)
+    m = rand(3, 2, 2, seed=6) + 5.0  # an offset: the old reading (max of the unshifted map) differs here
     by_batch, by_sample = normalise_map(m, "batch"), normalise_map(m, "sample")
-    assert torch.allclose(by_batch, (m - m.min()) / (m.max() + 1e-3))
+    assert torch.allclose(by_batch, (m - m.min()) / ((m - m.min()).max() + 1e-3))
     for b in range(3):
-        assert torch.allclose(by_sample[b], (m[b] - m[b].min()) / (m[b].max() + 1e-3))
+        shifted = m[b] - m[b].min()
+        assert torch.allclose(by_sample[b], shifted / (shifted.max() + 1e-3))
+    assert torch.allclose(by_batch.amax(), torch.tensor(1.0, dtype=m.dtype), atol=1e-3)
+    assert by_batch.amin() == 0
+
+
+def test_the_worked_example_of_the_corrected_normalisation():
+    """Student map [2,3,4,6] and teacher CAM [0,1,2,4] both normalise to [0, .25, .5, 1] (up to the
+    1e-3 offset): SAMD between them is 0 (the old reading, max of the unshifted map, gave 2.0e-3)."""
+    student_map = torch.tensor([[[2.0, 3.0], [4.0, 6.0]]], dtype=torch.float64)
+    teacher_map = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]], dtype=torch.float64)
+    expected = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]], dtype=torch.float64) / (4 + 1e-3)
+    for norm in ("batch", "sample"):
+        assert torch.allclose(normalise_map(student_map, norm), expected, atol=1e-15)
+        assert torch.allclose(normalise_map(teacher_map, norm), expected, atol=1e-15)
+        F_s = student_map.reshape(1, 1, 1, 2, 2)
+        assert abs(samd_loss(F_s, teacher_map, 2.0, norm, False).item()) < 1e-15
+
+
+@pytest.mark.parametrize("norm", ["batch", "sample"])
+def test_maps_that_differ_by_an_offset_and_a_positive_scale_give_zero_samd(norm):
+    """An offset cancels exactly; a positive scale cancels up to the 1e-3 in the denominator."""
+    teacher_map = rand(4, 3, 3, seed=8).abs()
+    if norm == "batch":  # one offset and one scale for the whole batch
+        offsets, scales = torch.tensor(-2.0, dtype=DT), torch.tensor(3.5, dtype=DT)
+    else:  # per sample, each its own
+        offsets = torch.tensor([-2.0, 0.5, 7.0, 0.0], dtype=DT).view(4, 1, 1)
+        scales = torch.tensor([0.5, 3.0, 11.0, 1.0], dtype=DT).view(4, 1, 1)
+    for scale, exact in ((torch.ones_like(scales), True), (scales, False)):
+        student_map = scale * teacher_map + offsets
+        F_s = student_map.reshape(1, 4, 1, 3, 3).clone().requires_grad_(True)
+        n_student, n_teacher = normalise_map(student_map, norm), normalise_map(teacher_map, norm)
+        loss = samd_loss(F_s, teacher_map, 2.0, norm, True)
+        (grad,) = grad_wrt(loss, F_s)
+        if exact:
+            assert torch.allclose(n_student, n_teacher, rtol=0, atol=1e-14)
+            assert abs(loss.item()) < 1e-14 and grad.abs().max() < 1e-12
+        else:  # M'/(m + ε) against sM'/(s·m + ε), m = max M': apart by at most ε/min(m, s·m)
+            dims = (0, 1, 2) if norm == "batch" else (1, 2)
+            m = (teacher_map - teacher_map.amin(dim=dims, keepdim=True)).amax(dim=dims)
+            bound = 1e-3 / torch.minimum(m, m * scales.flatten()).min()
+            assert 0 < (n_student - n_teacher).abs().max() <= bound
+            assert abs(loss.item()) < 1e-7 and grad.abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("norm", ["batch", "sample"])

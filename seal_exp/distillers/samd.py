@@ -12,8 +12,9 @@ SAMD, saliency-scaled activation-map distillation, on the last stage of both net
   (so ``gradcam = cam / (H·W)`` for such a head);
 - student map ``M^st_b = Σ_t Σ_c F[t,b,c]`` (the gradient flows through it);
 - the teacher map is resized bilinearly to the student's ``H×W`` when the sizes differ (before normalising);
-- ``M ← (M − min)/(max + 1e-3)``, min and max over the whole batch (``norm=batch``, default, [code]) or
-  per sample (``norm=sample``);
+- ``M ← (M − min M)/(max(M − min M) + 1e-3)``: the minimum is subtracted first and the maximum is taken
+  of the shifted map ([code]), so maps that differ by an offset and a positive scale normalise alike;
+  min and max over the whole batch (``norm=batch``, default, [code]) or per sample (``norm=sample``);
 - ``P = softmax over H·W of M/𝒯``, 𝒯 = 2 (``map_tau``); ``L_SAMD = mean_b KL(P^te_b ‖ P^st_b)``, times
   𝒯² when ``t2_scale`` (the paper's statement; default off, as in the code).
 
@@ -42,7 +43,7 @@ from seal_exp.distillers.hard_losses import mean_ce
 TEACHER_MAPS = ("cam", "gradcam")
 NORMS = ("batch", "sample")
 NLD_MODES = ("code", "paper")
-MAP_EPS = 1e-3  # the normalisation's denominator offset, as written: (M − min)/(max + 1e-3)
+MAP_EPS = 1e-3  # the normalisation's denominator offset: (M − min M)/(max(M − min M) + 1e-3)
 VAR_FLOOR = 1e-12  # σ = sqrt(max(var, 1e-12)) in paper mode: a finite gradient when all logits tie
 
 
@@ -67,11 +68,12 @@ def grad_cam_map(features: torch.Tensor, head: nn.Module, classes: torch.Tensor)
 
 
 def normalise_map(m: torch.Tensor, norm: str = "batch") -> torch.Tensor:
-    """``(M − min)/(max + 1e-3)`` of maps ``[B, H, W]``: one min/max for the batch, or one per sample."""
+    """``(M − min M)/(max(M − min M) + 1e-3)`` of maps ``[B, H, W]``: one min/max for the batch, or one
+    per sample. The maximum is that of the shifted map, so only the map's shape matters, not its offset
+    or (positive) scale: the student learns where the teacher looks, not its activation range."""
     dims = (1, 2) if norm == "sample" else (0, 1, 2)
-    low = m.amin(dim=dims, keepdim=True)
-    high = m.amax(dim=dims, keepdim=True)
-    return (m - low) / (high + MAP_EPS)
+    shifted = m - m.amin(dim=dims, keepdim=True)
+    return shifted / (shifted.amax(dim=dims, keepdim=True) + MAP_EPS)
 
 
 def samd_loss(
@@ -147,7 +149,8 @@ def check_cam_head(teacher: nn.Module) -> None:
         raise ValueError(
             f"SAMD needs a global-average-pool → linear teacher head: the teacher's last stage {stage!r} has "
             f"{channels} channels but its classifier takes {head.in_features} features (a hidden head "
-            "layer?); pick a teacher whose classifier reads the pooled last stage"
+            "layer?); pick a teacher whose classifier reads the pooled last stage: teacher=ckdsnn_resnet19 "
+            "(the authors' ResNet-19 teacher), a torchvision resnet, or teacher.model.head_hidden=null"
         )
 
 
