@@ -43,9 +43,9 @@ class FeatureTaps:
             if inside and not in_stage:
                 break
             inside = inside or in_stage
-            if isinstance(sub, nn.Conv2d):
+            if isinstance(sub, nn.modules.conv._ConvNd):  # Conv2d, and the transformers' token Conv1d
                 channels = sub.out_channels
-            elif isinstance(sub, nn.BatchNorm2d):
+            elif isinstance(sub, nn.modules.batchnorm._BatchNorm):
                 channels = sub.num_features
         if channels is None:
             raise ValueError(f"{type(self).__name__}: stage {name!r} has no convolution before it")

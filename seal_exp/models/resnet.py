@@ -1,9 +1,14 @@
-"""CIFAR-style ResNets (3×3 stride-1 stem, no max-pool): the spiking students resnet18/19/20 and the
-ANN teacher resnet19, which share one topology and differ only in the activation.
+"""CIFAR-style ResNets (3×3 stride-1 stem, no max-pool): the spiking students resnet18/19/20 and
+ckdsnn_resnet19, and the ANN teachers resnet19 and ckdsnn_resnet19, which share one topology and differ
+only in the activation.
 
-Block: ``act(BN(conv3×3))`` → ``BN(conv3×3)`` → ``+ shortcut`` (1×1 conv + BN when the shape
-changes) → ``act`` after the add. Head: global average pool → Linear per timestep, optionally through
-a hidden Linear → act (resnet19). No output neuron: the logits are real-valued.
+Block: ``act(BN(conv3×3))`` → ``BN(conv3×3)`` → ``+ shortcut`` → ``act`` after the add. On a shape change
+the shortcut is a 1×1 conv + BN (``shortcut=conv``, TET's resnet19) or AvgPool(stride) → 1×1 conv + BN
+(``shortcut=avgpool``, the SAMD/NLD authors' code). ``last_activation=relu`` ends the last block of the
+last stage in a ReLU instead of a neuron (their code: the SAMD map there is real-valued). Head: global
+average pool → Linear per timestep, optionally through a hidden Linear, with a neuron between the two
+(resnet19) or none (``head_activation=false``: one affine map, applied to every timestep, whose mean over
+time equals the authors' head on the time-mean). No output neuron: the logits are real-valued.
 """
 
 from __future__ import annotations
@@ -22,20 +27,45 @@ from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, single_s
 Activation = Callable[[], nn.Module]
 
 
+SHORTCUTS = ("conv", "avgpool")
+LAST_ACTIVATIONS = ("neuron", "relu")
+
+
+def _shortcut(in_planes: int, planes: int, stride: int, kind: str) -> nn.Module:
+    if stride == 1 and in_planes == planes:
+        return nn.Identity()
+    if kind == "conv":
+        return nn.Sequential(
+            layer.Conv2d(in_planes, planes, 1, stride, bias=False), layer.BatchNorm2d(planes)
+        )
+    # AvgPool(stride) then a stride-1 1×1 conv; rounding up (over the pixels present) keeps odd sizes
+    # aligned with the strided 3×3 path and changes nothing on even ones
+    pool = (
+        layer.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+        if stride > 1
+        else nn.Identity()
+    )
+    return nn.Sequential(pool, layer.Conv2d(in_planes, planes, 1, 1, bias=False), layer.BatchNorm2d(planes))
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, act: Activation) -> None:
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        act: Activation,
+        shortcut: str = "conv",
+        out_act: Activation | None = None,
+    ) -> None:
         super().__init__()
         self.conv1 = layer.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = layer.BatchNorm2d(planes)
         self.act1 = act()
         self.conv2 = layer.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = layer.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                layer.Conv2d(in_planes, planes, 1, stride, bias=False), layer.BatchNorm2d(planes)
-            )
-        self.act2 = act()
+        self.shortcut = _shortcut(in_planes, planes, stride, shortcut)
+        self.act2 = (out_act or act)()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
@@ -56,26 +86,51 @@ def _check_layout(widths: Sequence[int], blocks: Sequence[int], strides: Sequenc
     require(all(s in (1, 2) for s in strides), "strides", list(strides), "each stride must be 1 or 2")
 
 
+def relu() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
 def residual_stages(
-    in_planes: int, widths: Sequence[int], blocks: Sequence[int], strides: Sequence[int], act: Activation
+    in_planes: int,
+    widths: Sequence[int],
+    blocks: Sequence[int],
+    strides: Sequence[int],
+    act: Activation,
+    shortcut: str = "conv",
+    last_activation: str = "neuron",
 ) -> nn.Sequential:
-    """``layer1 … layerN`` of BasicBlocks; the first block of a stage carries its stride."""
+    """``layer1 … layerN`` of BasicBlocks; the first block of a stage carries its stride.
+
+    ``last_activation=relu``: the very last block ends in a ReLU instead of ``act``.
+    """
     _check_layout(widths, blocks, strides)
+    require(shortcut in SHORTCUTS, "shortcut", shortcut, f"choose {' or '.join(SHORTCUTS)}")
+    require(
+        last_activation in LAST_ACTIVATIONS,
+        "last_activation",
+        last_activation,
+        f"choose {' or '.join(LAST_ACTIVATIONS)}",
+    )
     stages = OrderedDict()
     for i, (width, count, stride) in enumerate(zip(widths, blocks, strides, strict=True), start=1):
         stage = []
         for j in range(count):
-            stage.append(BasicBlock(in_planes, width, stride if j == 0 else 1, act))
+            last = i == len(widths) and j == count - 1
+            out_act = relu if last and last_activation == "relu" else None
+            stage.append(BasicBlock(in_planes, width, stride if j == 0 else 1, act, shortcut, out_act))
             in_planes = width
         stages[f"layer{i}"] = nn.Sequential(*stage)
     return nn.Sequential(stages)
 
 
-def _head(width: int, hidden: int | None, num_classes: int, act: Activation) -> nn.Module:
+def _head(
+    width: int, hidden: int | None, num_classes: int, act: Activation, activation: bool = True
+) -> nn.Module:
     if hidden is None:
         return layer.Linear(width, num_classes)
     require(hidden >= 1, "head_hidden", hidden, "use null (no hidden layer) or a width >= 1")
-    return nn.Sequential(layer.Linear(width, hidden), act(), layer.Linear(hidden, num_classes))
+    between = [act()] if activation else []
+    return nn.Sequential(layer.Linear(width, hidden), *between, layer.Linear(hidden, num_classes))
 
 
 def _init(model: nn.Module) -> None:
@@ -88,9 +143,10 @@ def _init(model: nn.Module) -> None:
 
 
 class SpikingResNet(SpikingNetwork):
-    """resnet18 (64/128/256/512, [2,2,2,2]), resnet19 (128/256/512, [3,3,2], hidden head 256) and
-    resnet20 ([3,3,3]) as multi-step spiking networks: conv3×3 stem → BN → neuron, BasicBlocks, GAP,
-    Linear per timestep. Stage outputs ``stem``, ``layer1`` … are tappable as ``[T, B, C, H, W]``.
+    """resnet18 (64/128/256/512, [2,2,2,2]), resnet19 (128/256/512, [3,3,2], hidden head 256) and the
+    SAMD/NLD authors' ckdsnn_resnet19 and resnet20 ([3,3,3] at 16/32/64) as multi-step spiking networks:
+    conv3×3 stem → BN → neuron, BasicBlocks, GAP, head per timestep. Stage outputs ``stem``,
+    ``layer1`` … are tappable as ``[T, B, C, H, W]``.
     """
 
     def __init__(
@@ -105,6 +161,9 @@ class SpikingResNet(SpikingNetwork):
         strides: Sequence[int],
         head_hidden: int | None = None,
         stem_once: bool = True,
+        shortcut: str = "conv",
+        last_activation: str = "neuron",
+        head_activation: bool = True,
     ) -> None:
         super().__init__(T, stem_once)
         require(stem_width >= 1, "stem_width", stem_width, "must be >= 1")
@@ -112,10 +171,10 @@ class SpikingResNet(SpikingNetwork):
             layer.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), layer.BatchNorm2d(stem_width)
         )
         self.stem_neuron = neuron()
-        self.layers = residual_stages(stem_width, widths, blocks, strides, neuron)
+        self.layers = residual_stages(stem_width, widths, blocks, strides, neuron, shortcut, last_activation)
         self.pool = layer.AdaptiveAvgPool2d(1)
         self.flatten = layer.Flatten(start_dim=1)
-        self.head = _head(widths[-1], head_hidden, num_classes, neuron)
+        self.head = _head(widths[-1], head_hidden, num_classes, neuron, head_activation)
         _init(self)
         functional.set_step_mode(self, "m")
         single_step(self.stem)
@@ -129,7 +188,8 @@ class SpikingResNet(SpikingNetwork):
 
 
 class AnnResNet(AnnNetwork):
-    """The same CIFAR-style topology with ReLU: the ANN teacher resnet19 of the DVS recipes."""
+    """The same CIFAR-style topology with ReLU: the ANN teachers resnet19 (the DVS recipes) and
+    ckdsnn_resnet19 (the SAMD/NLD authors': AvgPool shortcuts, one Linear on the pooled features)."""
 
     def __init__(
         self,
@@ -140,17 +200,14 @@ class AnnResNet(AnnNetwork):
         blocks: Sequence[int],
         strides: Sequence[int],
         head_hidden: int | None = None,
+        shortcut: str = "conv",
     ) -> None:
         super().__init__()
-
-        def relu() -> nn.Module:
-            return nn.ReLU(inplace=True)
-
         require(stem_width >= 1, "stem_width", stem_width, "must be >= 1")
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), relu()
         )
-        self.layers = residual_stages(stem_width, widths, blocks, strides, relu)
+        self.layers = residual_stages(stem_width, widths, blocks, strides, relu, shortcut)
         self.head = _head(widths[-1], head_hidden, num_classes, relu)
         _init(self)
         functional.set_step_mode(self, "s")

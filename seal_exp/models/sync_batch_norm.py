@@ -10,6 +10,7 @@ autograd-aware all-reduce, so the gradients are those of BatchNorm on the whole 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn  # autograd-aware; the replacement is still private
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def _summed(tensor: torch.Tensor, group: Any) -> torch.Tensor:
@@ -84,11 +87,29 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 def convert_sync_batch_norm(module: nn.Module, group: Any = None) -> nn.Module:
     """Replace every ``BatchNorm2d`` inside ``module`` (in place) by :class:`SyncBatchNorm2d`.
 
-    Other normalisation layers are left as they are: the students' BatchNorms are all 2-d.
+    Other normalisation layers (the token BatchNorm1d of the zoo's transformers) keep each process's
+    statistics; a warning says how many, so a run is never silently half-synchronised.
     """
+    _convert(module, group)
+    others = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.BatchNorm2d)
+    ]
+    if others:
+        log.warning(
+            "trainer.sync_batchnorm: %d BatchNorm layer(s) of %s are not 2-d (e.g. %s) and keep each "
+            "process's own statistics",
+            len(others),
+            type(module).__name__,
+            others[0],
+        )
+    return module
+
+
+def _convert(module: nn.Module, group: Any) -> None:
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SyncBatchNorm2d):
             setattr(module, name, SyncBatchNorm2d(child, group))
         else:
-            convert_sync_batch_norm(child, group)
-    return module
+            _convert(child, group)

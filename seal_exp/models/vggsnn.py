@@ -1,8 +1,15 @@
-"""VGGSNN, the common spiking VGG for 48×48 DVS frames (TET and the DVS baselines after it).
+"""Spiking VGGs from a layer list: VGGSNN (the common spiking VGG for 48×48 DVS frames, TET and the DVS
+baselines after it) and VGG-9 (the self-distillation literature's).
 
-conv3×3 → BN → neuron at 64, 128 | pool | 256, 256 | pool | 512, 512 | pool | 512, 512 | pool, with
-2×2 average pooling, then one Linear over the flattened ``512·(H/16)·(W/16)`` map per timestep.
-The convolutions keep their biases, as in the common implementation.
+A layout lists conv3×3 → BN → neuron widths and ``"pool"`` (2×2 average pooling). Then one Linear over
+the flattened map per timestep (VGGSNN), or Linear → neuron → Linear through a ``hidden`` width (VGG-9).
+
+- VGGSNN: 64, 128 | pool | 256, 256 | pool | 512, 512 | pool | 512, 512 | pool; convolutions with biases,
+  as in the common implementation.
+- VGG-9: 64, 64 | pool | 128, 128 | pool | 256, 256, 256 | pool, then Linear(→1024) → neuron →
+  Linear(→K): seven convolutions and two linear layers, the VGG-9 of Kim & Panda (2021, "Revisiting
+  batch normalization for training low-latency deep spiking neural networks from scratch") that the
+  temporal self-distillation papers train; convolutions without biases (a BatchNorm follows each).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class VGGSNN(SpikingNetwork):
-    """Stages ``block1`` … ``block4`` (each after its pooling) are tappable as ``[T, B, C, H, W]``."""
+    """Stages ``block1`` … (each after its pooling) are tappable as ``[T, B, C, H, W]``."""
 
     def __init__(
         self,
@@ -37,10 +44,23 @@ class VGGSNN(SpikingNetwork):
         neuron: Callable[[], nn.Module],
         image_size: int | Sequence[int],
         stem_once: bool = True,
+        layout: Sequence[int | str] = LAYOUT,
+        hidden: int | None = None,
+        conv_bias: bool = True,
     ) -> None:
         super().__init__(T, stem_once)
+        layout = tuple(layout)
+        require(
+            len(layout) >= 1
+            and isinstance(layout[0], int)
+            and all(item == "pool" or (isinstance(item, int) and item >= 1) for item in layout),
+            "layout",
+            list(layout),
+            'give conv widths (integers >= 1) and "pool", starting with a width',
+        )
+        require(hidden is None or hidden >= 1, "hidden", hidden, "use null (one Linear) or a width >= 1")
         height, width = _size(image_size)
-        pools = LAYOUT.count("pool")
+        pools = layout.count("pool")
         h_out, w_out = height, width
         for _ in range(pools):
             h_out, w_out = h_out // 2, w_out // 2
@@ -48,26 +68,40 @@ class VGGSNN(SpikingNetwork):
             h_out >= 1 and w_out >= 1,
             "image_size",
             [height, width],
-            f"VGGSNN halves the input {pools} times; it needs at least {2**pools}×{2**pools} pixels "
+            f"this VGG halves the input {pools} times; it needs at least {2**pools}×{2**pools} pixels "
             "(the size is dataset.image_size)",
         )
-        first = LAYOUT[0]
+        first = layout[0]
         assert isinstance(first, int)
-        self.stem = StaticStem(layer.Conv2d(in_channels, first, 3, 1, 1), layer.BatchNorm2d(first))
+        self.stem = StaticStem(
+            layer.Conv2d(in_channels, first, 3, 1, 1, bias=conv_bias), layer.BatchNorm2d(first)
+        )
         body: list[nn.Module] = [neuron()]
         self.feature_stages = {}
         channels = first
-        for item in LAYOUT[1:]:
+        for item in layout[1:]:
             if item == "pool":
                 body.append(layer.AvgPool2d(2))
                 self.feature_stages[f"block{len(self.feature_stages) + 1}"] = f"features.{len(body) - 1}"
             else:
                 assert isinstance(item, int)
-                body += [layer.Conv2d(channels, item, 3, 1, 1), layer.BatchNorm2d(item), neuron()]
+                body += [
+                    layer.Conv2d(channels, item, 3, 1, 1, bias=conv_bias),
+                    layer.BatchNorm2d(item),
+                    neuron(),
+                ]
                 channels = item
+        if not self.feature_stages:  # no pooling: the last neuron's output is the one stage
+            self.feature_stages["block1"] = f"features.{len(body) - 1}"
         self.features = nn.Sequential(*body)
         self.flatten = layer.Flatten(start_dim=1)
-        self.classifier = layer.Linear(channels * h_out * w_out, num_classes)
+        flat = channels * h_out * w_out
+        if hidden is None:
+            self.classifier: nn.Module = layer.Linear(flat, num_classes)
+        else:
+            self.classifier = nn.Sequential(
+                layer.Linear(flat, hidden), neuron(), layer.Linear(hidden, num_classes)
+            )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,15 +1,26 @@
-"""Students from spikingjelly's own model zoo (SEW-ResNet, spiking VGG-BN), made to fit the platform.
+"""Students from spikingjelly's own model zoo, made to fit the platform.
 
-The zoo constructor comes from the config (``net: {_target_: ...sew_resnet18, _partial_: true}``)
-and is called with this run's neuron (one per layer) and class count. Then: the first convolution is
-rebuilt for the dataset's input channels, the network is put in multi-step mode, and its first
-conv + BN move into a :class:`StaticStem` (replaced by identities in the zoo network, whose own
-forward then runs the rest), so static inputs can compute the stem once.
+The zoo constructor comes from the config (``net: {_target_: ...sew_resnet18, _partial_: true, ...}``)
+and is called with this run's neuron (one per layer) and class count. Then: the network is put in
+multi-step mode, and its first conv + BN (+ any pooling before the first neuron) move into a
+:class:`StaticStem` (replaced by identities in the zoo network), so static inputs can compute the stem
+once. The zoo's own ``forward`` returns the time-mean of the logits; where it does, :meth:`body` runs the
+zoo's modules and stops before that mean, so every student here returns per-timestep logits
+``[T, B, K]`` whose mean is exactly what the zoo network outputs.
+
+- SEW-ResNet (``sew_resnet18/34``) and spiking VGG-BN (``spiking_vgg11_bn``): the zoo's ImageNet networks.
+- MS-ResNet (``ms_resnet18``), QKFormer, Spike-driven Transformer and Spikformer: the architectures the
+  self-distillation and transformer-KD papers report on.
+
+A custom neuron replaces every neuron of a zoo network, so the zoo's per-position defaults (e.g. the
+attention neurons' threshold 0.5 of the transformers) would be lost; ``attention_v_threshold`` puts that
+one back on the attention neurons (``attn_lif``), as the papers have it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from spikingjelly.activation_based import functional, layer
@@ -22,9 +33,42 @@ from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, single_s
 ZOO_STEMS = ("imagenet", "cifar")
 
 
-def _zoo(net: Callable[..., nn.Module], neuron: Callable[[], nn.Module], num_classes: int) -> nn.Module:
+def _zoo(
+    net: Callable[..., nn.Module], neuron: Callable[[], nn.Module], num_classes: int, **kwargs: Any
+) -> nn.Module:
     # The zoo calls spiking_neuron(**neuron_kwargs) once per layer; our factory carries its settings.
-    return net(spiking_neuron=lambda **_: neuron(), num_classes=num_classes)
+    return net(spiking_neuron=lambda **_: neuron(), num_classes=num_classes, **kwargs)
+
+
+def _attention_threshold(model: nn.Module, v_threshold: float | None) -> None:
+    """Give the attention neurons (``attn_lif``) the zoo's threshold back (``None``: the neuron group's)."""
+    if v_threshold is None:
+        return
+    require(v_threshold > 0, "attention_v_threshold", v_threshold, "use a threshold > 0, or null")
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "attn_lif":
+            module.v_threshold = float(v_threshold)
+
+
+def _take_stem(container: nn.Module, conv: str, bn: str, pool: str | None = None) -> StaticStem:
+    """Move ``container``'s conv, BN (and pool) into a :class:`StaticStem`; identities take their places."""
+    modules = [container.get_submodule(name) if name else None for name in (conv, bn, pool)]
+    for name in (conv, bn, pool):
+        if name:
+            parent, _, attr = name.rpartition(".")
+            setattr(container.get_submodule(parent) if parent else container, attr, nn.Identity())
+    return StaticStem(modules[0], modules[1], modules[2])
+
+
+class _TimeMajorZoo(SpikingNetwork):
+    """Shared set-up: the stem taken out of the zoo network ``self.net``; multi-step, the stem single-step."""
+
+    net: nn.Module
+
+    def _finish(self, attention_v_threshold: float | None = None) -> None:
+        functional.set_step_mode(self, "m")
+        single_step(self.stem)
+        _attention_threshold(self, attention_v_threshold)
 
 
 class ZooSEWResNet(SpikingNetwork):
@@ -101,3 +145,144 @@ class ZooSpikingVGG(SpikingNetwork):
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class ZooMSResNet(_TimeMajorZoo):
+    """spikingjelly's MS-ResNet (Hu et al.): membrane shortcuts, each residual branch spiking before its conv.
+
+    The zoo's stem (conv, BN and an optional max-pool, no neuron) is the static stem. Per-timestep logits
+    are its ``head`` on the pooled output of ``head_lif`` at every step (the zoo returns their mean).
+    Stages ``layer1`` … are tappable (membrane-valued sums, ``[T, B, C, H, W]``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        net: Callable[..., nn.Module],
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
+        pool = "stem.2" if len(zoo.stem) > 2 else None
+        self.stem = _take_stem(zoo, "stem.0", "stem.1", pool)  # registered first: modules in running order
+        self.net = zoo
+        stages = [f"layer{i}" for i in range(1, 5) if getattr(zoo, f"layer{i}", None) is not None]
+        self.feature_stages = {name: f"net.{name}" for name in stages}
+        self._finish()
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.layer3(n.layer2(n.layer1(x)))
+        if n.layer4 is not None:
+            x = n.layer4(x)
+        return n.head(n.avgpool(n.head_lif(x)).flatten(2))
+
+
+class ZooQKFormer(_TimeMajorZoo):
+    """spikingjelly's QKFormer (Zhou et al., 2024): three patch-embedding stages, Q-K attention blocks in
+    the first two, spiking self-attention in the third. The first patch embedding's conv → BN → max-pool
+    is the static stem. Stages ``stage1`` … ``stage3`` (each after its last block) are tappable."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        net: Callable[..., nn.Module],
+        attention_v_threshold: float | None = 0.5,
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
+        self.stem = _take_stem(zoo, "patch_embed1.conv1", "patch_embed1.bn1", "patch_embed1.pool1")
+        self.net = zoo
+        self.feature_stages = {}
+        for i in (1, 2, 3):
+            blocks = len(getattr(zoo, f"stage{i}"))
+            self.feature_stages[f"stage{i}"] = (
+                f"net.stage{i}.{blocks - 1}" if blocks else f"net.patch_embed{i}"
+            )
+        self._finish(attention_v_threshold)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        for embed, stage in (
+            (n.patch_embed1, n.stage1),
+            (n.patch_embed2, n.stage2),
+            (n.patch_embed3, n.stage3),
+        ):
+            x = embed(x)
+            for block in stage:
+                x = block(x)
+        return n.head(x.flatten(3).mean(-1))
+
+
+class ZooSpikeDrivenTransformer(_TimeMajorZoo):
+    """spikingjelly's Spike-driven Transformer (Yao et al., 2023): a convolutional patch embedding, then
+    blocks of spike-driven self-attention (masks and sums, no multiplications of two real tensors). The
+    embedding's first conv → BN is the static stem. Per-timestep logits: ``head`` on ``head_lif`` of the
+    pooled tokens at every step (the zoo returns the head of their mean). Stages ``patch_embed``,
+    ``block1`` … are tappable."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        net: Callable[..., nn.Module],
+        attention_v_threshold: float | None = 0.5,
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
+        self.stem = _take_stem(zoo, "patch_embed.stages.0.0", "patch_embed.stages.0.1")
+        self.net = zoo
+        self.feature_stages = {
+            "patch_embed": "net.patch_embed",
+            **{f"block{i + 1}": f"net.blocks.{i}" for i in range(len(zoo.blocks))},
+        }
+        self._finish(attention_v_threshold)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.patch_embed(x)
+        for block in n.blocks:
+            x = block(x)
+        return n.head(n.head_lif(x.flatten(3).mean(-1)))
+
+
+class ZooSpikformer(_TimeMajorZoo):
+    """spikingjelly's Spikformer (Zhou et al., 2023): a spiking patch stem (conv-BN-neuron stages and a
+    convolutional position encoding), then spiking self-attention blocks. The stem's first conv → BN (→
+    max-pool) is the static stem. The zoo already returns per-timestep logits. Stages ``patch_embed``,
+    ``block1`` … are tappable."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        net: Callable[..., nn.Module],
+        attention_v_threshold: float | None = 0.5,
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
+        first = "patch_embed.stages.0.conv_bn.block"
+        pool = f"{first}.2" if len(zoo.get_submodule(first)) > 2 else None
+        self.stem = _take_stem(zoo, f"{first}.0", f"{first}.1", pool)
+        self.net = zoo
+        self.feature_stages = {
+            "patch_embed": "net.patch_embed",
+            **{f"block{i + 1}": f"net.blocks.{i}" for i in range(len(zoo.blocks))},
+        }
+        self._finish(attention_v_threshold)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.head(self.net.forward_features(x))
