@@ -38,3 +38,20 @@ def sgd(
                 (decayed if decay_all_params or is_weight else plain).append(param)
     groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def step_decay(
+    optimizer: torch.optim.Optimizer, step_size: int, gamma: float = 0.1
+) -> torch.optim.lr_scheduler.StepLR:
+    """The learning rate times ``gamma`` every ``step_size`` epochs (stepped once per epoch).
+
+    Checked here rather than left to ``StepLR``, which would divide by a zero step size mid-run.
+    """
+    require(
+        isinstance(step_size, int) and not isinstance(step_size, bool) and step_size >= 1,
+        "step_size",
+        step_size,
+        "the number of epochs between decays must be an integer >= 1",
+    )
+    require(gamma > 0, "gamma", gamma, "the decay factor must be > 0 (0.1: ten times smaller)")
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=float(gamma))

@@ -231,6 +231,36 @@ def test_cutout_alone_zeroes_one_square_before_normalisation(c10: CifarFiles, tm
     assert full_squares > 0
 
 
+def test_random_erasing_alone_erases_after_normalisation(c10: CifarFiles, tmp_path: Path) -> None:
+    """The SAMD/NLD recipe's RandomErasing: after Normalize, so the erased box is 0 in normalised units
+    (not a black pixel), covering a share of the image inside ``erasing_scale``; p is the switch."""
+    aug = [f"dataset.augment.{s}" for s in ALL_OFF] + [
+        "dataset.augment.erasing=1.0",
+        "dataset.augment.erasing_scale=[0.02,0.2]",
+    ]
+    data = source(tmp_path, "cifar10", c10.root, *aug).load()
+    assert step_types(data.train.transform) == [T.ToTensor, T.Normalize, T.RandomErasing]
+    erasing = data.train.transform.transforms[-1]
+    assert (erasing.p, erasing.scale, erasing.value) == (1.0, (0.02, 0.2), 0)
+    torch.manual_seed(0)
+    for i in range(8):
+        x = data.train[i][0]
+        expected = normalised(c10.train_images[data.train.indices[i]], C10_MEAN, C10_STD)
+        changed = (x - expected).abs().amax(0) > 1e-5
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert 0.02 * 1024 * 0.5 <= h * w <= 0.2 * 1024 * 1.5, "the box's area lies inside the scale range"
+        y0, x0 = int(rows.min()), int(cols.min())
+        assert (x[:, y0 : y0 + h, x0 : x0 + w] == 0).all(), "the box is zero after normalisation"
+        torch.testing.assert_close(x[:, ~changed], expected[:, ~changed], atol=1e-5, rtol=0)
+    never = source(tmp_path, "cifar10", c10.root, *aug[:-2], "dataset.augment.erasing=0.0")
+    assert T.RandomErasing not in step_types(never.train_transform)  # 0 switches it off
+    assert T.RandomErasing not in step_types(never.teacher_transform)  # never in the teacher's recipe
+    for bad, key in (("erasing=1.5", "erasing"), ("erasing_scale=[0.3,0.1]", "erasing_scale")):
+        with pytest.raises(ConfigError, match=rf"dataset\.augment\.{key}=.* is invalid"):
+            source(tmp_path, "cifar10", c10.root, f"dataset.augment.{bad}")
+
+
 # --- switches and the teacher's pipeline ----------------------------------------------------------------
 
 CIFAR_STEPS = {

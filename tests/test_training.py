@@ -137,6 +137,11 @@ def test_a_mismatching_teacher_checkpoint_is_refused_before_any_data_is_read(tmp
         ("+trainer.epoch=3", r"trainer\.epoch is not a known key"),
         ("trainer.epochs=0", r"trainer\.epochs=0 is invalid"),
         ("optim.lr=-0.1", r"optim\.lr=-0\.1 is invalid"),
+        (
+            "sched=step sched.step_size=0",
+            r"sched\.step_size=0 is invalid: the number of epochs between decays",
+        ),
+        ("sched=step sched.gamma=0", r"sched\.gamma=0 is invalid"),
         ("stage=student", r"stage='student' is invalid: choose one of distill, teacher"),
         ("dataset.num_classes=7", r"dataset\.num_classes=7 is invalid"),
         ("tracking.uri=sqlite:///relative.db", r"tracking\.uri=.* is invalid: use an absolute path"),
@@ -145,8 +150,26 @@ def test_a_mismatching_teacher_checkpoint_is_refused_before_any_data_is_read(tmp
 def test_bad_input_is_refused_before_data_or_tracking(tmp_path, monkeypatch, override, message):
     monkeypatch.setattr(EmbeddedImages, "load", lambda self: pytest.fail("data was read"))
     with pytest.raises(ConfigError, match=message):
-        train(make_cfg(tmp_path, [*SMOKE, override]))
+        train(make_cfg(tmp_path, [*SMOKE, *override.split()]))
     assert not (tmp_path / "mlflow.db").exists(), "a refused config must not leave a tracked run"
+
+
+def test_the_step_schedule_multiplies_the_rate_by_gamma_every_step_size_epochs(shared_root, tmp_path):
+    """sched=step (the Strong2Weak/Weak2Strong recipe): the rate each epoch trained with, from epochs.csv."""
+    import csv
+
+    overrides = [
+        *SMOKE,
+        "tracking=none",
+        "distiller=none",
+        "trainer.epochs=5",
+        "trainer.limit_train_batches=1",
+    ]
+    overrides += ["sched=step", "sched.step_size=2", "sched.gamma=0.1", "optim.lr=0.5"]
+    train(make_cfg(shared_root, overrides, output=tmp_path))
+    with (tmp_path / "epochs.csv").open() as f:
+        rates = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert rates == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005], rel=1e-12)
 
 
 def test_unknown_key_without_plus_is_refused_by_hydra(tmp_path):

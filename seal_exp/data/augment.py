@@ -1,9 +1,10 @@
 """The reference augmentation pipelines, each step a switch.
 
 Images (CIFAR, ImageNet): crop → horizontal flip → AutoAugment → ToTensor → Cutout (before
-normalisation, so the hole is black) → Normalize. Event frames (CIFAR10-DVS): resize → flip → one op
-drawn per sample from {roll, rotate, cutout}, the same op and parameters for every frame.
-Random draws use torch's generator, which the seeded DataLoader seeds per worker.
+normalisation, so the hole is black) → Normalize → RandomErasing (after it, as the SAMD/NLD code has
+it). Event frames (CIFAR10-DVS): resize → flip → one op drawn per sample from {roll, rotate, cutout},
+the same op and parameters for every frame. Random draws use torch's generator, which the seeded
+DataLoader seeds per worker.
 """
 
 from __future__ import annotations
@@ -74,9 +75,20 @@ class ImageAugment:
     flip: bool = True
     autoaugment: bool = False
     cutout: int = 0  # side of the hole in pixels; 0: off
+    erasing: float = 0.0  # probability of torchvision's RandomErasing after Normalize; 0: off
+    erasing_scale: tuple[float, float] = (0.02, 0.33)  # its range of erased area, as a share of the image
 
     def __post_init__(self) -> None:
         require(self.cutout >= 0, "cutout", self.cutout, "the hole's side in pixels, 0 to switch it off")
+        require(0 <= self.erasing <= 1, "erasing", self.erasing, "a probability in [0, 1]; 0 switches it off")
+        scale = tuple(float(v) for v in self.erasing_scale)
+        require(
+            len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1,
+            "erasing_scale",
+            list(self.erasing_scale),
+            "give [low, high] with 0 < low <= high <= 1 (shares of the image area)",
+        )
+        object.__setattr__(self, "erasing_scale", scale)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, key: str) -> ImageAugment:
@@ -111,6 +123,8 @@ def image_train_transform(
     if aug.cutout:
         steps.append(Cutout(aug.cutout))
     steps.append(T.Normalize(mean, std))
+    if aug.erasing:
+        steps.append(T.RandomErasing(p=aug.erasing, scale=aug.erasing_scale, value=0))
     return T.Compose(steps)
 
 
@@ -156,7 +170,7 @@ class FrameAugment:
 def augments(aug: ImageAugment | FrameAugment | None) -> bool:
     """Whether a training pipeline draws anything at random (else a sample is the same every epoch)."""
     if isinstance(aug, ImageAugment):
-        return aug.crop or aug.flip or aug.autoaugment or aug.cutout > 0
+        return aug.crop or aug.flip or aug.autoaugment or aug.cutout > 0 or aug.erasing > 0
     if isinstance(aug, FrameAugment):
         return aug.flip or bool(aug.one_of)
     return False
