@@ -228,6 +228,10 @@ def test_transformer_attention_neurons_keep_the_zoo_threshold(tmp_path, option):
     assert {m.v_threshold for m in kept.modules() if isinstance(m, sj_neuron.BaseNode)} == {1.0}
     with pytest.raises(ConfigError, match=r"student\.attention_v_threshold"):
         build_student(shaped(tmp_path, f"student={option}", "student.attention_v_threshold=0"))
+    with pytest.raises(
+        ConfigError, match=r"student\.attention_v_threshold=0\.5 is invalid: this network has no"
+    ):
+        build_student(shaped(tmp_path, "student=ms_resnet18", "+student.attention_v_threshold=0.5"))
 
 
 @pytest.mark.parametrize("option", sorted(ZOO))
@@ -250,3 +254,22 @@ def test_synchronised_batchnorm_says_which_layers_it_cannot_synchronise(tmp_path
     caplog.clear()
     convert_sync_batch_norm(build_student(shaped(tmp_path, "student=resnet20")))
     assert "are not 2-d" not in caplog.text
+
+
+@pytest.mark.parametrize("distiller", ["samd", "kdsnn"])
+@pytest.mark.parametrize(
+    "option", ["resnet20", "ckdsnn_resnet19", "vgg9", "ms_resnet18", "qkformer", "spike_driven_transformer",
+               "spikformer"],
+)  # fmt: skip
+def test_feature_distillers_read_the_new_students_last_stage(tmp_path, option, distiller):
+    """SAMD and KD-SNN take the last stage ([T, B, C, H, W]) of every new student, as of any other."""
+    cfg = make_cfg(tmp_path, [f"student={option}", f"distiller={distiller}", "neuron.T=2"])
+    plan = prepare(cfg)
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 3, 7])
+    logits, terms = plan.distiller(x, y)
+    assert logits.shape == (2, 3, 10)
+    term = "samd" if distiller == "samd" else "feat"
+    assert term in terms and torch.isfinite(terms[term]) and terms[term] > 0
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in plan.student.parameters() if p.requires_grad)

@@ -19,6 +19,7 @@ one back on the attention neurons (``attn_lif``), as the papers have it.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +46,15 @@ def _attention_threshold(model: nn.Module, v_threshold: float | None) -> None:
     if v_threshold is None:
         return
     require(v_threshold > 0, "attention_v_threshold", v_threshold, "use a threshold > 0, or null")
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] == "attn_lif":
-            module.v_threshold = float(v_threshold)
+    attention = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "attn_lif"]
+    require(
+        bool(attention),
+        "attention_v_threshold",
+        v_threshold,
+        "this network has no attention neurons; use null",
+    )
+    for module in attention:
+        module.v_threshold = float(v_threshold)
 
 
 def _take_stem(container: nn.Module, conv: str, bn: str, pool: str | None = None) -> StaticStem:
@@ -61,14 +68,40 @@ def _take_stem(container: nn.Module, conv: str, bn: str, pool: str | None = None
 
 
 class _TimeMajorZoo(SpikingNetwork):
-    """Shared set-up: the stem taken out of the zoo network ``self.net``; multi-step, the stem single-step."""
+    """A zoo network ``self.net`` built with the run's neuron, its stem taken out as the static stem.
 
-    net: nn.Module
+    Subclasses say where the zoo keeps its stem (:meth:`stem_paths`) and stages (:meth:`stage_paths`),
+    and run its modules up to the per-timestep logits (:meth:`body`).
+    """
 
-    def _finish(self, attention_v_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        net: Callable[..., nn.Module],
+        attention_v_threshold: float | None = None,
+        stem_once: bool = True,
+    ) -> None:
+        super().__init__(T, stem_once)
+        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
+        self.stem = _take_stem(zoo, *self.stem_paths(zoo))  # registered first: modules in running order
+        self.net = zoo
+        self.feature_stages = {name: f"net.{path}" for name, path in self.stage_paths(zoo).items()}
         functional.set_step_mode(self, "m")
         single_step(self.stem)
         _attention_threshold(self, attention_v_threshold)
+
+    @staticmethod
+    @abc.abstractmethod
+    def stem_paths(zoo: nn.Module) -> tuple[str, str, str | None]:
+        """Paths of the first conv, its BN and any pooling before the first neuron, inside the zoo network."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def stage_paths(zoo: nn.Module) -> dict[str, str]:
+        """Tappable stage name → path inside the zoo network, input to output."""
 
 
 class ZooSEWResNet(SpikingNetwork):
@@ -155,23 +188,13 @@ class ZooMSResNet(_TimeMajorZoo):
     Stages ``layer1`` … are tappable (membrane-valued sums, ``[T, B, C, H, W]``).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        T: int,
-        neuron: Callable[[], nn.Module],
-        net: Callable[..., nn.Module],
-        stem_once: bool = True,
-    ) -> None:
-        super().__init__(T, stem_once)
-        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
-        pool = "stem.2" if len(zoo.stem) > 2 else None
-        self.stem = _take_stem(zoo, "stem.0", "stem.1", pool)  # registered first: modules in running order
-        self.net = zoo
-        stages = [f"layer{i}" for i in range(1, 5) if getattr(zoo, f"layer{i}", None) is not None]
-        self.feature_stages = {name: f"net.{name}" for name in stages}
-        self._finish()
+    @staticmethod
+    def stem_paths(zoo: nn.Module) -> tuple[str, str, str | None]:
+        return "stem.0", "stem.1", "stem.2" if len(zoo.stem) > 2 else None
+
+    @staticmethod
+    def stage_paths(zoo: nn.Module) -> dict[str, str]:
+        return {f"layer{i}": f"layer{i}" for i in range(1, 5) if getattr(zoo, f"layer{i}", None) is not None}
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -186,27 +209,17 @@ class ZooQKFormer(_TimeMajorZoo):
     the first two, spiking self-attention in the third. The first patch embedding's conv → BN → max-pool
     is the static stem. Stages ``stage1`` … ``stage3`` (each after its last block) are tappable."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        T: int,
-        neuron: Callable[[], nn.Module],
-        net: Callable[..., nn.Module],
-        attention_v_threshold: float | None = 0.5,
-        stem_once: bool = True,
-    ) -> None:
-        super().__init__(T, stem_once)
-        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
-        self.stem = _take_stem(zoo, "patch_embed1.conv1", "patch_embed1.bn1", "patch_embed1.pool1")
-        self.net = zoo
-        self.feature_stages = {}
+    @staticmethod
+    def stem_paths(zoo: nn.Module) -> tuple[str, str, str | None]:
+        return "patch_embed1.conv1", "patch_embed1.bn1", "patch_embed1.pool1"
+
+    @staticmethod
+    def stage_paths(zoo: nn.Module) -> dict[str, str]:
+        stages = {}
         for i in (1, 2, 3):
             blocks = len(getattr(zoo, f"stage{i}"))
-            self.feature_stages[f"stage{i}"] = (
-                f"net.stage{i}.{blocks - 1}" if blocks else f"net.patch_embed{i}"
-            )
-        self._finish(attention_v_threshold)
+            stages[f"stage{i}"] = f"stage{i}.{blocks - 1}" if blocks else f"patch_embed{i}"
+        return stages
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -221,6 +234,10 @@ class ZooQKFormer(_TimeMajorZoo):
         return n.head(x.flatten(3).mean(-1))
 
 
+def _block_stages(zoo: nn.Module) -> dict[str, str]:
+    return {"patch_embed": "patch_embed", **{f"block{i + 1}": f"blocks.{i}" for i in range(len(zoo.blocks))}}
+
+
 class ZooSpikeDrivenTransformer(_TimeMajorZoo):
     """spikingjelly's Spike-driven Transformer (Yao et al., 2023): a convolutional patch embedding, then
     blocks of spike-driven self-attention (masks and sums, no multiplications of two real tensors). The
@@ -228,25 +245,11 @@ class ZooSpikeDrivenTransformer(_TimeMajorZoo):
     pooled tokens at every step (the zoo returns the head of their mean). Stages ``patch_embed``,
     ``block1`` … are tappable."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        T: int,
-        neuron: Callable[[], nn.Module],
-        net: Callable[..., nn.Module],
-        attention_v_threshold: float | None = 0.5,
-        stem_once: bool = True,
-    ) -> None:
-        super().__init__(T, stem_once)
-        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
-        self.stem = _take_stem(zoo, "patch_embed.stages.0.0", "patch_embed.stages.0.1")
-        self.net = zoo
-        self.feature_stages = {
-            "patch_embed": "net.patch_embed",
-            **{f"block{i + 1}": f"net.blocks.{i}" for i in range(len(zoo.blocks))},
-        }
-        self._finish(attention_v_threshold)
+    @staticmethod
+    def stem_paths(zoo: nn.Module) -> tuple[str, str, str | None]:
+        return "patch_embed.stages.0.0", "patch_embed.stages.0.1", None
+
+    stage_paths = staticmethod(_block_stages)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -262,27 +265,12 @@ class ZooSpikformer(_TimeMajorZoo):
     max-pool) is the static stem. The zoo already returns per-timestep logits. Stages ``patch_embed``,
     ``block1`` … are tappable."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        T: int,
-        neuron: Callable[[], nn.Module],
-        net: Callable[..., nn.Module],
-        attention_v_threshold: float | None = 0.5,
-        stem_once: bool = True,
-    ) -> None:
-        super().__init__(T, stem_once)
-        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
+    @staticmethod
+    def stem_paths(zoo: nn.Module) -> tuple[str, str, str | None]:
         first = "patch_embed.stages.0.conv_bn.block"
-        pool = f"{first}.2" if len(zoo.get_submodule(first)) > 2 else None
-        self.stem = _take_stem(zoo, f"{first}.0", f"{first}.1", pool)
-        self.net = zoo
-        self.feature_stages = {
-            "patch_embed": "net.patch_embed",
-            **{f"block{i + 1}": f"net.blocks.{i}" for i in range(len(zoo.blocks))},
-        }
-        self._finish(attention_v_threshold)
+        return f"{first}.0", f"{first}.1", f"{first}.2" if len(zoo.get_submodule(first)) > 2 else None
+
+    stage_paths = staticmethod(_block_stages)
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.head(self.net.forward_features(x))
