@@ -32,6 +32,26 @@ def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = No
         )
 
 
+def shaped_cfg(
+    root: Path, *overrides: str, classes: int = 10, channels: int = 3, size: int = 32, T: int = 2
+) -> DictConfig:
+    """The composed config for networks of one input shape, class count and T (what the networks read)."""
+    return make_cfg(
+        root,
+        [
+            f"dataset.num_classes={classes}",
+            f"dataset.in_channels={channels}",
+            f"dataset.image_size={size}",
+            f"neuron.T={T}",
+            *overrides,
+        ],
+    )
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def run_cli(
     args: Sequence[str],
     cwd: Path,

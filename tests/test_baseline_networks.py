@@ -19,39 +19,10 @@ from seal_exp.models import build_student, build_teacher
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.models.resnet import BasicBlock
 from seal_exp.train import prepare
-from tests.conftest import make_cfg
-
-
-def shaped(tmp_path, *overrides: str, classes: int = 10, channels: int = 3, size: int = 32, T: int = 2):
-    return make_cfg(
-        tmp_path,
-        [
-            f"dataset.num_classes={classes}",
-            f"dataset.in_channels={channels}",
-            f"dataset.image_size={size}",
-            f"neuron.T={T}",
-            *overrides,
-        ],
-    )
-
-
-def count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
+from tests.conftest import make_cfg, parameter_count, shaped_cfg
+from tests.test_networks import bn, conv, linear  # the layout counts of tests/test_networks.py
 
 # ---- counts from the layouts --------------------------------------------------------------------------
-
-
-def conv(cin: int, cout: int, k: int) -> int:
-    return cin * cout * k * k  # no biases: a BatchNorm follows every convolution
-
-
-def bn(c: int) -> int:
-    return 2 * c
-
-
-def linear(i: int, o: int) -> int:
-    return i * o + o
 
 
 def ckdsnn_resnet_count(cin: int, classes: int, stem: int, widths, blocks, hidden: int | None) -> int:
@@ -71,24 +42,30 @@ def test_resnet20_is_the_samd_nld_dvs_student(tmp_path):
     layout = (16, (16, 32, 64), (3, 3, 3), 256)
     for channels, published in ((2, 290_890), (3, 291_034)):
         assert ckdsnn_resnet_count(channels, 10, *layout) == published
-        assert count(build_student(shaped(tmp_path, "student=resnet20", channels=channels))) == published
+        assert (
+            parameter_count(build_student(shaped_cfg(tmp_path, "student=resnet20", channels=channels)))
+            == published
+        )
 
 
 def test_the_authors_resnet19_student_and_teacher(tmp_path):
     layout = (128, (128, 256, 512), (3, 3, 2))
     assert ckdsnn_resnet_count(3, 100, *layout, hidden=None) == 12_615_396  # the spec's teacher figure
-    teacher = build_teacher(shaped(tmp_path, "teacher=ckdsnn_resnet19", classes=100))
-    assert count(teacher) == 12_615_396
+    teacher = build_teacher(shaped_cfg(tmp_path, "teacher=ckdsnn_resnet19", classes=100))
+    assert parameter_count(teacher) == 12_615_396
     assert isinstance(teacher.head, nn.Linear) and teacher.classifier.in_features == 512
     for classes, expected in ((100, 12_721_124), (10, 12_697_994)):
         assert ckdsnn_resnet_count(3, classes, *layout, hidden=256) == expected
-        assert count(build_student(shaped(tmp_path, "student=ckdsnn_resnet19", classes=classes))) == expected
+        assert (
+            parameter_count(build_student(shaped_cfg(tmp_path, "student=ckdsnn_resnet19", classes=classes)))
+            == expected
+        )
 
 
 @pytest.mark.parametrize("option", ["resnet20", "ckdsnn_resnet19"])
 def test_the_authors_block_shortcut_and_head(tmp_path, option):
     torch.manual_seed(0)
-    student = build_student(shaped(tmp_path, f"student={option}", channels=2, size=16, T=3)).double()
+    student = build_student(shaped_cfg(tmp_path, f"student={option}", channels=2, size=16, T=3)).double()
     blocks = [m for m in student.modules() if isinstance(m, BasicBlock)]
     # every block but the very last ends in a neuron; the last in a ReLU
     assert all(isinstance(b.act2, sj_neuron.BaseNode) for b in blocks[:-1])
@@ -145,9 +122,9 @@ def vgg9_count(cin: int, classes: int, size: int) -> int:
 def test_vgg9_layer_list_and_count(tmp_path):
     for channels, size, classes in ((3, 32, 10), (3, 32, 100), (2, 48, 10), (2, 48, 11)):
         student = build_student(
-            shaped(tmp_path, "student=vgg9", channels=channels, size=size, classes=classes)
+            shaped_cfg(tmp_path, "student=vgg9", channels=channels, size=size, classes=classes)
         )
-        assert count(student) == vgg9_count(channels, classes, size)
+        assert parameter_count(student) == vgg9_count(channels, classes, size)
     assert vgg9_count(3, 10, 32) == 5_942_218 and vgg9_count(2, 10, 48) == 11_184_522
     convs = [m for m in student.modules() if isinstance(m, nn.Conv2d)]
     assert [m.out_channels for m in convs] == [64, 64, 128, 128, 256, 256, 256]
@@ -194,15 +171,17 @@ ZOO = {
 def test_zoo_students_have_the_zoo_networks_parameters(tmp_path, option):
     target, kwargs, expected = ZOO[option]
     zoo = instantiate({"_target_": target, **kwargs}, T=2, num_classes=10)
-    assert count(zoo) == expected
-    assert count(build_student(shaped(tmp_path, f"student={option}"))) == expected
+    assert parameter_count(zoo) == expected
+    assert parameter_count(build_student(shaped_cfg(tmp_path, f"student={option}"))) == expected
 
 
 @pytest.mark.parametrize("option", sorted(ZOO))
 def test_zoo_students_time_mean_is_the_zoo_networks_output(tmp_path, option):
     """Our per-timestep logits [T, B, K]; their mean is what the zoo's own forward returns."""
     torch.manual_seed(0)
-    student = build_student(shaped(tmp_path, f"student={option}", channels=2, size=32, T=3)).double().eval()
+    student = (
+        build_student(shaped_cfg(tmp_path, f"student={option}", channels=2, size=32, T=3)).double().eval()
+    )
     x = torch.rand(3, 2, 2, 32, 32, dtype=torch.float64)  # event frames, time-major
     with torch.no_grad():
         reset_spiking_state(student)
@@ -217,27 +196,27 @@ def test_zoo_students_time_mean_is_the_zoo_networks_output(tmp_path, option):
 
 @pytest.mark.parametrize("option", ["qkformer", "spike_driven_transformer", "spikformer"])
 def test_transformer_attention_neurons_keep_the_zoo_threshold(tmp_path, option):
-    student = build_student(shaped(tmp_path, f"student={option}", "neuron.v_threshold=1.0"))
+    student = build_student(shaped_cfg(tmp_path, f"student={option}", "neuron.v_threshold=1.0"))
     thresholds = {
         name: m.v_threshold for name, m in student.named_modules() if isinstance(m, sj_neuron.BaseNode)
     }
     attention = {n: v for n, v in thresholds.items() if n.endswith("attn_lif")}
     assert attention and set(attention.values()) == {0.5}
     assert set(v for n, v in thresholds.items() if n not in attention) == {1.0}
-    kept = build_student(shaped(tmp_path, f"student={option}", "student.attention_v_threshold=null"))
+    kept = build_student(shaped_cfg(tmp_path, f"student={option}", "student.attention_v_threshold=null"))
     assert {m.v_threshold for m in kept.modules() if isinstance(m, sj_neuron.BaseNode)} == {1.0}
     with pytest.raises(ConfigError, match=r"student\.attention_v_threshold"):
-        build_student(shaped(tmp_path, f"student={option}", "student.attention_v_threshold=0"))
+        build_student(shaped_cfg(tmp_path, f"student={option}", "student.attention_v_threshold=0"))
     with pytest.raises(
         ConfigError, match=r"student\.attention_v_threshold=0\.5 is invalid: this network has no"
     ):
-        build_student(shaped(tmp_path, "student=ms_resnet18", "+student.attention_v_threshold=0.5"))
+        build_student(shaped_cfg(tmp_path, "student=ms_resnet18", "+student.attention_v_threshold=0.5"))
 
 
 @pytest.mark.parametrize("option", sorted(ZOO))
 def test_zoo_students_follow_the_neuron_group(tmp_path, option):
     student = build_student(
-        shaped(tmp_path, f"student={option}", "neuron.reset=soft", "neuron/surrogate=rect")
+        shaped_cfg(tmp_path, f"student={option}", "neuron.reset=soft", "neuron/surrogate=rect")
     )
     nodes = [m for m in student.modules() if isinstance(m, sj_neuron.BaseNode)]
     assert nodes and all(type(m).__name__ == "LIF" and m.v_reset is None for m in nodes)
@@ -248,11 +227,11 @@ def test_synchronised_batchnorm_says_which_layers_it_cannot_synchronise(tmp_path
     """The transformers' token BatchNorm1d stay per-process under trainer.sync_batchnorm: said, not silent."""
     from seal_exp.models.sync_batch_norm import SyncBatchNorm2d, convert_sync_batch_norm
 
-    student = convert_sync_batch_norm(build_student(shaped(tmp_path, "student=spikformer")))
+    student = convert_sync_batch_norm(build_student(shaped_cfg(tmp_path, "student=spikformer")))
     assert any(isinstance(m, SyncBatchNorm2d) for m in student.modules())
     assert "are not 2-d" in caplog.text and "keep each process's own statistics" in caplog.text
     caplog.clear()
-    convert_sync_batch_norm(build_student(shaped(tmp_path, "student=resnet20")))
+    convert_sync_batch_norm(build_student(shaped_cfg(tmp_path, "student=resnet20")))
     assert "are not 2-d" not in caplog.text
 
 

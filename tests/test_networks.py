@@ -18,7 +18,7 @@ from seal_exp.models.neurons import kernel_in_use, reset_spiking_state
 from seal_exp.models.spiking_network import SpikingNetwork
 from seal_exp.models.timm_nets import TimeFolded
 from seal_exp.train import prepare, train
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, parameter_count, shaped_cfg
 
 STUDENTS = options("student")
 TEACHERS = options("teacher")
@@ -26,16 +26,7 @@ T, B, C, K, SIZE = 2, 3, 2, 7, 32  # a DVS-like shape: 2 input channels, 7 class
 
 
 def tiny(tmp_path, *overrides: str, classes: int = K, channels: int = C, size: int = SIZE):
-    return make_cfg(
-        tmp_path,
-        [
-            f"dataset.num_classes={classes}",
-            f"dataset.in_channels={channels}",
-            f"dataset.image_size={size}",
-            f"neuron.T={T}",
-            *overrides,
-        ],
-    )
+    return shaped_cfg(tmp_path, *overrides, classes=classes, channels=channels, size=size, T=T)
 
 
 def test_the_published_architectures_are_all_options():
@@ -184,18 +175,15 @@ def preact_count(cin, classes, blocks=(3, 4, 6, 3), widths=(64, 128, 256, 512)):
     return n + linear(width, classes)
 
 
-def count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_resnet18_has_exactly_the_published_parameter_count(tmp_path):
     for classes, published in ((100, 11_220_132), (10, 11_173_962)):
         cfg = tiny(tmp_path, "student=resnet18", classes=classes, channels=3)
         layout = (64, (64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2))
         assert cifar_resnet_count(3, classes, *layout) == published
-        assert count(build_student(cfg)) == published
+        assert parameter_count(build_student(cfg)) == published
         assert (
-            count(build_teacher(tiny(tmp_path, "teacher=resnet18", classes=classes, channels=3))) == published
+            parameter_count(build_teacher(tiny(tmp_path, "teacher=resnet18", classes=classes, channels=3)))
+            == published
         )
 
 
@@ -206,16 +194,18 @@ def test_resnet19_and_preact_resnet34_counts(tmp_path):
         layout = (128, (128, 256, 512), (3, 3, 2), (1, 2, 2), 256)
         assert cifar_resnet_count(3, classes, *layout) == expected
         assert (
-            count(build_student(tiny(tmp_path, "student=resnet19", classes=classes, channels=3))) == expected
+            parameter_count(build_student(tiny(tmp_path, "student=resnet19", classes=classes, channels=3)))
+            == expected
         )
         assert (
-            count(build_teacher(tiny(tmp_path, "teacher=resnet19", classes=classes, channels=3))) == expected
+            parameter_count(build_teacher(tiny(tmp_path, "teacher=resnet19", classes=classes, channels=3)))
+            == expected
         )
     # preact_resnet34 with 1000 classes: 21,806,184 ≈ 21.81 M (torchvision's resnet34, 21,797,672,
     # plus the 8,512 conv biases of the pre-activation design).
     assert preact_count(3, 1000) == 21_806_184
     cfg = tiny(tmp_path, "student=preact_resnet34", classes=1000, channels=3, size=224)
-    assert count(build_student(cfg)) == 21_806_184
+    assert parameter_count(build_student(cfg)) == 21_806_184
 
 
 def test_python_m_seal_exp_models_lists_every_network_with_its_count(tmp_path, capsys):

@@ -22,7 +22,7 @@ from torch import nn
 
 from seal_exp.config import require
 from seal_exp.models.ann import AnnNetwork, kaiming_conv
-from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, single_step
+from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, linear_head, single_step
 
 Activation = Callable[[], nn.Module]
 
@@ -123,16 +123,6 @@ def residual_stages(
     return nn.Sequential(stages)
 
 
-def _head(
-    width: int, hidden: int | None, num_classes: int, act: Activation, activation: bool = True
-) -> nn.Module:
-    if hidden is None:
-        return layer.Linear(width, num_classes)
-    require(hidden >= 1, "head_hidden", hidden, "use null (no hidden layer) or a width >= 1")
-    between = [act()] if activation else []
-    return nn.Sequential(layer.Linear(width, hidden), *between, layer.Linear(hidden, num_classes))
-
-
 def _init(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -174,7 +164,7 @@ class SpikingResNet(SpikingNetwork):
         self.layers = residual_stages(stem_width, widths, blocks, strides, neuron, shortcut, last_activation)
         self.pool = layer.AdaptiveAvgPool2d(1)
         self.flatten = layer.Flatten(start_dim=1)
-        self.head = _head(widths[-1], head_hidden, num_classes, neuron, head_activation)
+        self.head = linear_head(widths[-1], head_hidden, num_classes, neuron, head_activation)
         _init(self)
         functional.set_step_mode(self, "m")
         single_step(self.stem)
@@ -208,7 +198,7 @@ class AnnResNet(AnnNetwork):
             nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_width), relu()
         )
         self.layers = residual_stages(stem_width, widths, blocks, strides, relu, shortcut)
-        self.head = _head(widths[-1], head_hidden, num_classes, relu)
+        self.head = linear_head(widths[-1], head_hidden, num_classes, relu)
         _init(self)
         functional.set_step_mode(self, "s")
         self.feature_stages = {

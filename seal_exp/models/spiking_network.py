@@ -10,9 +10,11 @@ summation order in the backward pass, and with BatchNorm's running statistics up
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from spikingjelly.activation_based import layer
 from torch import nn
 
 from seal_exp.config import require
@@ -40,6 +42,26 @@ def batch_norm_repeated(bn: nn.BatchNorm2d, x: torch.Tensor, repeats: int) -> to
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
         bn.running_var.lerp_((var * (n / (n - 1))).to(bn.running_var.dtype), momentum)
     return y
+
+
+def linear_head(
+    width: int,
+    hidden: int | None,
+    num_classes: int,
+    act: Callable[[], nn.Module],
+    activation: bool = True,
+    key: str = "head_hidden",
+) -> nn.Module:
+    """The classifier on pooled (or flattened) features: one Linear, or Linear → ``act`` → Linear through
+    a ``hidden`` width; without the activation between (``activation=False``) the two are one affine map.
+
+    Multi-step networks apply it at every timestep; ``key`` names the config key of ``hidden`` in errors.
+    """
+    if hidden is None:
+        return layer.Linear(width, num_classes)
+    require(hidden >= 1, key, hidden, "use null (no hidden layer) or a width >= 1")
+    between = [act()] if activation else []
+    return nn.Sequential(layer.Linear(width, hidden), *between, layer.Linear(hidden, num_classes))
 
 
 class StaticStem(nn.Module):

@@ -21,7 +21,7 @@ from spikingjelly.activation_based import functional, layer
 from torch import nn
 
 from seal_exp.config import require
-from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, single_step
+from seal_exp.models.spiking_network import SpikingNetwork, StaticStem, linear_head, single_step
 
 LAYOUT: tuple[int | str, ...] = (64, 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512, "pool")
 
@@ -58,7 +58,6 @@ class VGGSNN(SpikingNetwork):
             list(layout),
             'give conv widths (integers >= 1) and "pool", starting with a width',
         )
-        require(hidden is None or hidden >= 1, "hidden", hidden, "use null (one Linear) or a width >= 1")
         height, width = _size(image_size)
         pools = layout.count("pool")
         h_out, w_out = height, width
@@ -95,13 +94,7 @@ class VGGSNN(SpikingNetwork):
             self.feature_stages["block1"] = f"features.{len(body) - 1}"
         self.features = nn.Sequential(*body)
         self.flatten = layer.Flatten(start_dim=1)
-        flat = channels * h_out * w_out
-        if hidden is None:
-            self.classifier: nn.Module = layer.Linear(flat, num_classes)
-        else:
-            self.classifier = nn.Sequential(
-                layer.Linear(flat, hidden), neuron(), layer.Linear(hidden, num_classes)
-            )
+        self.classifier = linear_head(channels * h_out * w_out, hidden, num_classes, neuron, key="hidden")
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
