@@ -4,6 +4,10 @@ Two jobs with the same identity train the same model from the same data with the
 seed; they may differ only in where files go and how the run is watched (output and data paths,
 tracking, progress bars, loader workers, the device, checkpoint frequency). The identity is recorded
 as the MLflow tag ``seal.identity`` and in every ``last.pt``.
+
+It hashes what a config means, not where its code lives: every ``_target_`` counts by the name of the
+class or function it builds (``seal_exp.models.resnet.SpikingResNet`` → ``SpikingResNet``), so moving a
+module leaves every identity and teacher cache key as it was.
 """
 
 from __future__ import annotations
@@ -39,12 +43,30 @@ EXCLUDED = (
 )
 
 
+def target_name(target: str) -> str:
+    """What a ``_target_`` builds, without the module it lives in."""
+    return str(target).rsplit(".", 1)[-1]
+
+
+def without_module_paths(node: Any) -> Any:
+    """A plain (nested) config with every ``_target_`` reduced to :func:`target_name`."""
+    if isinstance(node, dict):
+        return {k: target_name(v) if k == "_target_" else without_module_paths(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [without_module_paths(v) for v in node]
+    return node
+
+
+def _meaning(key: str, value: str) -> str:
+    return target_name(value) if key == "_target_" or key.endswith("._target_") else value
+
+
 def _excluded(key: str) -> bool:
     return any(key == e or key.startswith(e + ".") for e in EXCLUDED)
 
 
 def identity_config(cfg: DictConfig) -> dict[str, str]:
-    """The flattened, resolved config without the keys in :data:`EXCLUDED`.
+    """The flattened, resolved config without the keys in :data:`EXCLUDED`, targets by name only.
 
     Excluded values are blanked before resolving, so the identity can be computed outside a running
     job too (``paths.output`` needs Hydra's runtime), e.g. by ``python -m seal_exp.sweep status``.
@@ -56,7 +78,8 @@ def identity_config(cfg: DictConfig) -> dict[str, str]:
             node = OmegaConf.select(plain, parent) if parent else plain
             if isinstance(node, DictConfig) and leaf in node:
                 node[leaf] = None
-    return {k: v for k, v in sorted(flatten(plain).items()) if not _excluded(k)}
+    meaning = without_module_paths(OmegaConf.to_container(plain, resolve=True))
+    return {k: v for k, v in sorted(flatten(meaning).items()) if not _excluded(k)}
 
 
 def job_identity(cfg: DictConfig | dict[str, Any]) -> str:
@@ -66,8 +89,12 @@ def job_identity(cfg: DictConfig | dict[str, Any]) -> str:
 
 
 def config_differences(before: dict[str, str], now: dict[str, str]) -> list[str]:
-    """``key: before -> now`` for every key whose value differs (or exists on one side only)."""
+    """``key: before -> now`` for every key whose value differs (or exists on one side only).
+
+    ``before`` may come from a ``last.pt`` that recorded full module paths: those compare by name.
+    """
     missing = "(absent)"
+    before = {k: _meaning(k, v) for k, v in before.items()}
     return [
         f"{k}: {before.get(k, missing)} -> {now.get(k, missing)}"
         for k in sorted(before.keys() | now.keys())

@@ -22,6 +22,7 @@ from torch import nn
 
 from seal_exp import checkpoint
 from seal_exp.config import ConfigError
+from seal_exp.identity import without_module_paths
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class TeacherSource:
 
 
 def _plain(node: DictConfig) -> Any:
-    return OmegaConf.to_container(node, resolve=True)
+    """The resolved config, its targets by name (a moved module is still the same teacher)."""
+    return without_module_paths(OmegaConf.to_container(node, resolve=True))
 
 
 def _file_digest(path: Path) -> str:
@@ -99,6 +101,14 @@ def expected_identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _model_settings(recorded: Any) -> Any:
+    """A checkpoint's ``model`` record in today's form (older records hold full module paths)."""
+    try:
+        return json.dumps(without_module_paths(json.loads(recorded)), sort_keys=True)
+    except (TypeError, ValueError):
+        return recorded
+
+
 def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dict[str, Any]:
     """Check that the checkpoint fits this run, load its weights into ``teacher``, return its record."""
     key = "teacher.checkpoint" if source.origin == "checkpoint" else "the teacher cache"
@@ -118,7 +128,7 @@ def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dic
         if record.get(k) != v
     ]
     model_cfg = json.dumps(_plain(cfg.teacher.model), sort_keys=True)
-    if not problems and record.get("model") != model_cfg:
+    if not problems and _model_settings(record.get("model")) != model_cfg:
         problems.append(
             f"architecture settings: the checkpoint has {record.get('model')}, teacher.model is {model_cfg}"
         )
