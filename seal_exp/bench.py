@@ -38,13 +38,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from seal_exp import speed
 from seal_exp.config import CONF_DIR, build
 from seal_exp.data.loaders import make_loader, resolve_workers
-from seal_exp.engine import train_step
-from seal_exp.models import build_student
+from seal_exp.models import build_student, speed
 from seal_exp.models.neurons import kernel_in_use, reset_spiking_state
 from seal_exp.models.spiking_network import SpikingNetwork
+from seal_exp.training.epoch import train_step
 
 CIFAR_SHAPE = ["dataset.num_classes=10", "dataset.in_channels=3", "dataset.image_size=32"]
 
@@ -168,22 +167,26 @@ class StepTimer:
     """One variant of the step: its networks, optimiser and a fixed synthetic batch on the device."""
 
     def __init__(self, name: str, cfg: DictConfig, batch: int, device: torch.device) -> None:
-        from seal_exp.train import prepare  # the same building and checks as a training run
+        from seal_exp.plan import prepare  # the same building and checks as a training run
 
         self.name, self.cfg = name, cfg
         cfg.trainer.device = str(device)
         torch.manual_seed(0)
         plan = prepare(cfg, data=False)
         self.settings = plan.settings
-        self.objective, self.optimizer, self.student = plan.distiller.to(device), plan.optimizer, plan.student
+        self.objective, self.optimizer, self.student = (
+            plan.student.distiller.to(device),
+            plan.student.optimizer,
+            plan.student.model,
+        )
         self.objective.train()
         size, channels = int(cfg.dataset.image_size), int(cfg.dataset.in_channels)
         generator = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch, channels, size, size, generator=generator).to(device)
         self.y = torch.randint(0, int(cfg.dataset.num_classes), (batch,), generator=generator).to(device)
         # trainer.cache_teacher_logits=true: the batch carries its teacher logits, computed here once
-        self.cached = plan.cache_teacher_logits
-        self.extra = (plan.distiller.teacher_logits(self.x),) if self.cached else ()
+        self.cached = plan.student.cache_teacher_logits
+        self.extra = (plan.student.distiller.teacher_logits(self.x),) if self.cached else ()
         self.device = device
         self.train_s: list[float] = []
         self.eval_s: list[float] = []

@@ -26,3 +26,11 @@ def isolated_torch_rng(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+RANK_SEED_STRIDE = 100_003
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed the global RNGs for one data-parallel rank's draws (augmentation); rank 0 uses ``seed`` itself."""
+    seed_everything(seed + RANK_SEED_STRIDE * rank)

@@ -1,11 +1,9 @@
 """``python -m seal_exp.sweep status <sweep dir>``: which jobs of a sweep are finished, running, failed
 or missing.
 
-The jobs are the sweep's own: its overrides (``multirun.yaml``, written by Hydra when the sweep started)
-are expanded as Hydra's basic sweeper does, each job's config is composed from ``conf/`` and its
-identity (:mod:`seal_exp.identity`) is looked up in the tracking store. So the status counts runs made
-by any launch of the same sweep command, in whatever folder: relaunching the command trains exactly
-the jobs shown as failed, running-but-dead or missing.
+The jobs are the sweep's own, expanded from its ``multirun.yaml`` and looked up in the tracking store by
+their identity (:mod:`seal_exp.results.sweep_status` says how): relaunching the sweep command trains
+exactly the jobs shown as failed, running-but-dead or missing.
 
     python -m seal_exp.sweep status multirun/2026-12-02/10-00-00
 """
@@ -14,132 +12,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
-
-from seal_exp import checkpoint
-from seal_exp.config import CONF_DIR
-from seal_exp.identity import job_identity
-from seal_exp.tracking import TRACKING_URI_FILE, MLflowTracker
-
-STATUS_OF_RUN = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running"}
-
-
-@dataclass
-class Job:
-    """One job of a sweep and what the tracking store and its folder say about it."""
-
-    num: int
-    overrides: list[str]
-    identity: str
-    status: str = "missing"
-    run_id: str | None = None
-    progress: str = ""
-    folder: str = ""
-
-
-class SweepError(ValueError):
-    """A folder that is not a Hydra sweep, or a sweep whose jobs cannot be composed."""
-
-
-def sweep_overrides(sweep_dir: Path) -> tuple[list[str], Any]:
-    """The sweep's command-line overrides and its saved config (``<sweep>/multirun.yaml``)."""
-    saved = sweep_dir / "multirun.yaml"
-    if not saved.is_file():
-        raise SweepError(
-            f"{sweep_dir}: no multirun.yaml here, so this is not a Hydra sweep folder. Pass the folder a "
-            "`python -m seal_exp.train -m ...` run printed, e.g. multirun/<date>/<time>."
-        )
-    config = OmegaConf.load(saved)
-    return [str(o) for o in config.hydra.overrides.task], config
-
-
-def expand(overrides: list[str]) -> list[list[str]]:
-    """Every job's overrides, in Hydra's job-number order (the basic sweeper's cartesian product)."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def status(sweep_dir: Path) -> list[Job]:
-    """The sweep's jobs with their status: finished, running, failed, or missing (never started)."""
-    overrides, _ = sweep_overrides(sweep_dir)
-    uri_file = sweep_dir / TRACKING_URI_FILE
-    sweep_uri = uri_file.read_text().strip() if uri_file.is_file() else None
-    trackers: dict[tuple[str, str], MLflowTracker] = {}
-    jobs: list[Job] = []
-    stores: list[MLflowTracker | None] = []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for num, job_overrides in enumerate(expand(overrides)):
-            try:
-                cfg = compose("train", overrides=job_overrides)
-            except Exception as exc:
-                raise SweepError(f"job {num} ({' '.join(job_overrides)}) does not compose: {exc}") from exc
-            jobs.append(Job(num, job_overrides, job_identity(cfg)))
-            if "MLflowTracker" in str(cfg.tracking.get("_target_", "")):
-                where = (sweep_uri or str(cfg.tracking.uri), str(cfg.tracking.experiment))
-                stores.append(trackers.setdefault(where, MLflowTracker(*where)))
-            else:
-                stores.append(None)
-    for job, tracker in zip(jobs, stores, strict=True):
-        folder = sweep_dir / str(job.num)
-        runs = tracker.find_runs(job.identity) if tracker is not None else []
-        finished = next((r for r in runs if r.info.status == "FINISHED"), None)
-        latest = finished or (runs[0] if runs else None)
-        if latest is not None:
-            job.status = STATUS_OF_RUN.get(latest.info.status, "failed")
-            job.run_id = latest.info.run_id
-            job.folder = latest.data.tags.get("output_dir", "")
-        elif tracker is None and (folder / "summary.json").is_file():  # tracking=none: only the folder
-            job.status, job.folder = "finished", str(folder)
-        elif tracker is None and folder.is_dir():
-            job.status, job.folder = "failed", str(folder)
-        last = Path(job.folder) / "last.pt" if job.folder else None
-        if job.status != "finished" and last is not None and last.is_file():
-            try:
-                state = checkpoint.load(last)
-                job.progress = f"last.pt after epoch {state['epoch']}, step {state.get('global_step', 0)}"
-            except Exception:
-                job.progress = "last.pt unreadable"
-    return jobs
-
-
-def format_table(jobs: list[Job]) -> str:
-    lines = ["| job | overrides | status | MLflow run | checkpoint | folder |", "|---|---|---|---|---|---|"]
-    for job in jobs:
-        lines.append(
-            f"| {job.num} | {' '.join(job.overrides)} | {job.status} | {job.run_id or ''} | "
-            f"{job.progress} | {job.folder} |"
-        )
-    counts = Counter(job.status for job in jobs)
-    lines.append("")
-    lines.append(
-        f"{len(jobs)} jobs: "
-        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "running", "failed", "missing"))
-        + ". Relaunching the sweep command trains the failed and missing ones (and resumes interrupted "
-        "ones from their last.pt); a job killed without a chance to close its run shows as running."
-    )
-    return "\n".join(lines)
+from seal_exp.results import sweep_status
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the sweep's status table; 2 for a folder that is not a sweep or jobs that do not compose."""
     parser = argparse.ArgumentParser(prog="python -m seal_exp.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("status", help="the sweep's jobs as finished / running / failed / missing")
     show.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     try:
-        jobs = status(args.sweep_dir)
-    except SweepError as exc:
+        jobs = sweep_status.status(args.sweep_dir)
+    except sweep_status.SweepError as exc:
         print(f"seal-exp: {exc}", file=sys.stderr)
         return 2
-    print(format_table(jobs))
+    print(sweep_status.format_table(jobs))
     return 0
 
 

@@ -1,16 +1,20 @@
 """Experiment tracking: one MLflow run per job, one parent run per Hydra multirun, or nothing.
 
 MLflow params are immutable, so the flattened config is logged once at the start; metrics are logged
-per epoch; a run that crashes is closed as FAILED with its traceback attached.
+per epoch; a run that crashes is closed as FAILED with its traceback attached. The helpers at the end
+read a sweep's parent run back and attach files to it, for the reports that come after training.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 TRACKING_URI_FILE = "mlflow_tracking_uri"  # next to it: where the parent run lives (for later reports)
 MAX_PARAM_CHARS = 6000
+IDENTITY_TAG = "seal.identity"  # a job's identity (seal_exp.run.identity): how relaunches find earlier runs
 
 
 class NoTracker:
@@ -128,8 +133,6 @@ class MLflowTracker:
 
     def find_runs(self, identity: str) -> list[Any]:
         """Active runs of this experiment with job identity ``identity``, newest first."""
-        from seal_exp.identity import IDENTITY_TAG
-
         found = self.client.get_experiment_by_name(self.experiment)
         if found is None:
             return []
@@ -265,3 +268,53 @@ class MLflowSweepCallback(Callback):
         if self._tracker is not None:
             self._tracker.finish(status)
             self._tracker = None
+
+
+def default_tracking_uri() -> str:
+    """The project's store, as ``conf/tracking/mlflow.yaml`` composes it."""
+    return f"sqlite:///{project_root()}/mlflow.db"
+
+
+def parent_run(sweep_dir: Path) -> tuple[str, str] | None:
+    """The sweep's parent MLflow run (id, tracking URI) as the sweep callback left them; None: untracked."""
+    parent_file, uri_file = sweep_dir / PARENT_RUN_FILE, sweep_dir / TRACKING_URI_FILE
+    if not parent_file.is_file() or not uri_file.is_file():
+        return None
+    return parent_file.read_text().strip(), uri_file.read_text().strip()
+
+
+def attach(run_id: str, uri: str, paths: Sequence[Path], artifact_path: str, what: str) -> bool:
+    """Log files as artifacts of a run; a failure is a warning, since the files are on disk either way."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        for path in paths:
+            client.log_artifact(run_id, str(path), artifact_path)
+    except Exception as exc:  # never lose the table to the tracker
+        print(f"seal-exp: could not attach {what} to MLflow run {run_id}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def all_pages(search: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    """Every result of a paged MLflow search (``search_runs``, ``search_experiments``), not just page one."""
+    found, token = [], None
+    while True:
+        page = search(*args, **kwargs, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def download_summary(client: Any, run_id: str, tmp: Path) -> dict[str, Any] | None:
+    """The ``summary.json`` tracked with an MLflow run (into ``tmp``), or None: the job did not finish.
+
+    Read here rather than through ``seal_exp.run.files``, so tracking depends on nothing above it.
+    """
+    try:
+        path = Path(client.download_artifacts(run_id, "summary.json", str(tmp / run_id)))
+        return json.loads(path.read_text())
+    except Exception:
+        return None

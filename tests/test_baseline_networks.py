@@ -18,7 +18,7 @@ from seal_exp.config import ConfigError
 from seal_exp.models import build_student, build_teacher
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.models.resnet import BasicBlock
-from seal_exp.train import prepare
+from seal_exp.plan import prepare
 from tests.conftest import make_cfg, parameter_count, shaped_cfg
 from tests.test_networks import bn, conv, linear  # the layout counts of tests/test_networks.py
 
@@ -100,7 +100,7 @@ def test_samd_runs_with_the_authors_teacher_and_refuses_a_hidden_head(tmp_path):
     )
     plan = prepare(cfg)  # refuses a teacher without a GAP → Linear head (check_cam_head) before any data
     x, y = torch.randn(2, 1, 28, 28), torch.tensor([0, 3])
-    _, terms = plan.distiller(x, y)
+    _, terms = plan.student.distiller(x, y)
     assert set(terms) == {"ce", "samd", "nld"} and all(torch.isfinite(v) for v in terms.values())
     with pytest.raises(ConfigError, match="teacher=ckdsnn_resnet19"):
         prepare(make_cfg(tmp_path, ["student=resnet20", "teacher=resnet19", "distiller=samd"]))
@@ -246,9 +246,9 @@ def test_feature_distillers_read_the_new_students_last_stage(tmp_path, option, d
     plan = prepare(cfg)
     torch.manual_seed(0)
     x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 3, 7])
-    logits, terms = plan.distiller(x, y)
+    logits, terms = plan.student.distiller(x, y)
     assert logits.shape == (2, 3, 10)
     term = "samd" if distiller == "samd" else "feat"
     assert term in terms and torch.isfinite(terms[term]) and terms[term] > 0
     sum(terms.values()).backward()
-    assert all(p.grad is not None for p in plan.student.parameters() if p.requires_grad)
+    assert all(p.grad is not None for p in plan.student.model.parameters() if p.requires_grad)

@@ -11,12 +11,13 @@ import torch
 from conftest import SMOKE, make_cfg
 from torch.utils.data import TensorDataset
 
-from seal_exp import cached_teacher_logits as cache
 from seal_exp.config import ConfigError
 from seal_exp.data.augment import FrameAugment, ImageAugment, augments
 from seal_exp.data.loaders import make_loader, time_major_collate
-from seal_exp.engine import train_step
-from seal_exp.train import prepare, train
+from seal_exp.plan import prepare
+from seal_exp.teacher import cached_logits as cache
+from seal_exp.train import train
+from seal_exp.training.epoch import train_step
 
 SMALL = ["student.channels=[4,8]", "teacher.model.channels=[4,8]", "neuron.T=2", "trainer.device=cpu"]
 LOGIT_ONLY = ["kd", "seal", "tkd", "tser", "nld"]
@@ -33,12 +34,12 @@ def _one_step(tmp_path: Path, distiller: str, cached: bool) -> tuple[dict, dict,
     x, y = _batch()
     extra = ()
     if cached:  # as the cache computes them: the teacher alone, in its own pass
-        extra = (plan.distiller.teacher_logits(x),)
+        extra = (plan.student.distiller.teacher_logits(x),)
     calls = []
-    plan.teacher.register_forward_hook(lambda *_: calls.append(1))
-    plan.optimizer.param_groups[0]["lr"] = 0.0
-    _, terms, _ = train_step(plan.distiller, plan.optimizer, x, y, *extra)
-    grads = {n: p.grad.clone() for n, p in plan.student.named_parameters() if p.grad is not None}
+    plan.teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    plan.student.optimizer.param_groups[0]["lr"] = 0.0
+    _, terms, _ = train_step(plan.student.distiller, plan.student.optimizer, x, y, *extra)
+    grads = {n: p.grad.clone() for n, p in plan.student.model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in terms.items()}, grads, len(calls)
 
 
@@ -116,17 +117,17 @@ def test_true_is_refused_where_the_teacher_itself_is_needed(
     with pytest.raises(ConfigError, match=f"trainer.cache_teacher_logits=true cannot be honoured: {reason}"):
         prepare(make_cfg(tmp_path, overrides))
     auto = prepare(make_cfg(tmp_path, [*SMOKE, f"distiller={distiller}", "tracking=none"]))
-    assert auto.cache_teacher_logits is False
+    assert auto.student.cache_teacher_logits is False
 
 
 def test_augmented_training_data_is_refused_and_auto_declines(tmp_path: Path) -> None:
     plan = prepare(make_cfg(tmp_path, [*SMOKE, "distiller=kd", "tracking=none"]))
-    assert plan.cache_teacher_logits is True  # digits: served as they are
+    assert plan.student.cache_teacher_logits is True  # digits: served as they are
     augmented = SimpleNamespace(augments_training=True)
     with pytest.raises(ConfigError, match=r"training augmentation is on \(dataset.augment\)"):
-        cache.resolve(True, augmented, plan.distiller)
-    assert cache.resolve("auto", augmented, plan.distiller) is False
-    assert cache.resolve(False, None, plan.distiller) is False
+        cache.resolve(True, augmented, plan.student.distiller)
+    assert cache.resolve("auto", augmented, plan.student.distiller) is False
+    assert cache.resolve(False, None, plan.student.distiller) is False
     with pytest.raises(ConfigError, match=r"trainer\.cache_teacher_logits"):
         prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", "trainer.cache_teacher_logits=yes"]))
 

@@ -9,7 +9,8 @@ import statistics
 import pytest
 from mlflow.tracking import MlflowClient
 
-from seal_exp.compare import aggregate, distiller_options, main, markdown, report
+from seal_exp.compare import main
+from seal_exp.results.comparison import aggregate, distiller_options, markdown, report
 
 
 def row(distiller: str, seed: int, acc: float, last: float, per_t: list[float]) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from seal_exp.config import CONF_DIR
 from seal_exp.data.embedded import EmbeddedImages
 from seal_exp.data.source import MissingDataset
-from seal_exp.train import prepare
+from seal_exp.plan import prepare
 from tests.conftest import make_cfg
 
 # Datasets a user downloads; the embedded ones (mnist5k, digits, mnist5k_dvs) ship with the packages.
@@ -51,7 +51,11 @@ def test_every_option_composes_and_builds(tmp_path, monkeypatch, group, option):
         return
     plan = prepare(cfg)
     if plan.stage == "distill":
-        assert plan.student is not None and plan.distiller is not None and plan.optimizer is not None
+        assert (
+            plan.student is not None
+            and plan.student.distiller is not None
+            and plan.student.optimizer is not None
+        )
     assert plan.tracker is not None
 
 

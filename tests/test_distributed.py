@@ -20,12 +20,13 @@ from conftest import REPO, make_cfg, run_cli
 from spikingjelly.activation_based import layer
 from torch import nn
 
-from seal_exp import checkpoint
 from seal_exp.config import ConfigError
 from seal_exp.data.loaders import make_loader
 from seal_exp.models.spiking_network import batch_norm_repeated
 from seal_exp.models.sync_batch_norm import SyncBatchNorm2d, convert_sync_batch_norm
-from seal_exp.train import prepare, torchrun_follower_overrides
+from seal_exp.plan import prepare
+from seal_exp.run import checkpoint
+from seal_exp.train import torchrun_follower_overrides
 
 # ---------------------------------------------------------------- sharding
 

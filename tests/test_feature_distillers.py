@@ -22,7 +22,8 @@ from seal_exp.distillers.samd import (
     normalise_map,
     samd_loss,
 )
-from seal_exp.train import prepare, train
+from seal_exp.plan import prepare
+from seal_exp.train import train
 from tests.conftest import SMOKE, make_cfg
 
 DT = torch.float64
@@ -550,7 +551,7 @@ def test_kdsnn_projector_is_learnable_and_gets_a_gradient():
 def test_kdsnn_projector_init_follows_the_run_seed_not_the_global_rng(tmp_path):
     def projector(seed: int) -> torch.Tensor:
         cfg = make_cfg(tmp_path, [*SMOKE, "distiller=kdsnn", "tracking=none", f"seed={seed}"])
-        return prepare(cfg).distiller.projector.weight
+        return prepare(cfg).student.distiller.projector.weight
 
     rng = torch.get_rng_state()
     a, b, c = projector(1), projector(1), projector(2)

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from seal_exp import checkpoint
-from seal_exp import teacher as teachers
 from seal_exp.config import CONF_DIR
-from seal_exp.identity import config_differences, identity_config, job_identity
 from seal_exp.models import build_teacher
+from seal_exp.run import checkpoint
+from seal_exp.run.identity import config_differences, identity_config, job_identity
+from seal_exp.teacher import cache as teachers
 
 PINNED = Path(__file__).with_name("identities.json")
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

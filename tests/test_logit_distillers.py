@@ -10,7 +10,8 @@ from seal_exp.distillers.hard_losses import mean_ce, tet, tet_ce
 from seal_exp.distillers.tkd import TKD, correct_step_logits
 from seal_exp.distillers.tks import TKS
 from seal_exp.distillers.tser import TSER
-from seal_exp.train import prepare, train
+from seal_exp.plan import prepare
+from seal_exp.train import train
 from tests.conftest import SMOKE, Fixed, make_cfg
 
 # ---------------------------------------------------------------- loop oracles, one row at a time
@@ -324,8 +325,8 @@ def test_tks_builds_no_teacher(tmp_path):
     assert TKS.requires_teacher is False
     assert TKS(Fixed(Z), Fixed(A)).teacher is None
     plan = prepare(make_cfg(tmp_path, ["distiller=tks"]))
-    assert plan.teacher is None and plan.teacher_loop is None
-    assert plan.distiller is not None and plan.distiller.teacher is None
+    assert plan.teacher is None
+    assert plan.student.distiller is not None and plan.student.distiller.teacher is None
 
 
 # ---------------------------------------------------------------- all three

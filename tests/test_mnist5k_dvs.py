@@ -16,7 +16,8 @@ from seal_exp.data.loaders import make_loader
 from seal_exp.data.mnist5k_dvs import MNIST5kDVS, mnist_digits, subset_split
 from seal_exp.data.source import MissingDataset
 from seal_exp.data.splits import split_fingerprint, stratified_split
-from seal_exp.train import prepare, train
+from seal_exp.plan import prepare
+from seal_exp.train import train
 from tests.conftest import make_cfg
 
 MNIST5K_SPLIT_ID = "4505b635d890"  # dataset=mnist5k's pinned split (tests/test_data.py)
@@ -293,8 +294,18 @@ def test_a_smoke_run_trains_on_simulated_events(tmp_path):
     assert summary["dataset"] == "mnist5k_dvs"
 
 
+def few_events(self, images, ids=None):
+    """Eight events per image, each pixel ON then OFF: what the simulator returns, at a fraction of its
+    cost (its events are checked image by image above)."""
+    t = np.arange(8, dtype=np.int64) * 1000
+    x, y = np.array([3, 3, 5, 5, 7, 7, 9, 9], np.int16), np.array([4, 4, 6, 6, 8, 8, 2, 2], np.int16)
+    return [{"t": t, "x": x, "y": y, "p": np.tile(np.array([1, 0], np.uint8), 4)} for _ in images]
+
+
 @pytest.mark.slow
-def test_the_full_dataset_has_mnist5k_split(tmp_path):
+def test_the_full_dataset_has_mnist5k_split(tmp_path, monkeypatch):
+    # all 5000 digits through the folder, split and frames; only the per-image simulation is cheap
+    monkeypatch.setattr(EventSimulator, "__call__", few_events)
     data = MNIST5kDVS("mnist5k_dvs", str(tmp_path)).load()
     assert (len(data.train), len(data.val), len(data.test)) == (4000, 500, 500)
     assert data.split_id == MNIST5K_SPLIT_ID

@@ -12,7 +12,7 @@ from spikingjelly.activation_based import surrogate
 from seal_exp.config import ConfigError, InvalidArgument
 from seal_exp.models import build_student, build_teacher, neuron_factory
 from seal_exp.models.neurons import LIF, reset_spiking_state
-from seal_exp.optim import sgd
+from seal_exp.training.optim import sgd
 from tests.conftest import make_cfg
 
 

@@ -9,7 +9,6 @@ import torch
 from spikingjelly.activation_based import base, neuron
 from torch import nn
 
-from seal_exp import teacher as teachers
 from seal_exp.config import ConfigError
 from seal_exp.models import build_student, build_teacher
 from seal_exp.models.__main__ import main as list_models
@@ -17,7 +16,9 @@ from seal_exp.models.__main__ import options
 from seal_exp.models.neurons import kernel_in_use, reset_spiking_state
 from seal_exp.models.spiking_network import SpikingNetwork
 from seal_exp.models.timm_nets import TimeFolded
-from seal_exp.train import prepare, train
+from seal_exp.plan import prepare
+from seal_exp.teacher import cache as teachers
+from seal_exp.train import train
 from tests.conftest import make_cfg, parameter_count, shaped_cfg
 
 STUDENTS = options("student")
@@ -233,11 +234,12 @@ def test_teacher_stem_follows_the_class_count(tmp_path):
 @pytest.mark.parametrize("option", [s for s in STUDENTS if s != "timm"])
 def test_stem_once_agrees_with_the_stem_at_every_step(tmp_path, option):
     torch.manual_seed(0)
-    once = build_student(tiny(tmp_path, f"student={option}", "neuron.T=3")).double()
+    size = 16  # the smallest every network takes: float64 at 32×32 costs seconds per network
+    once = build_student(tiny(tmp_path, f"student={option}", "neuron.T=3", size=size)).double()
     assert isinstance(once, SpikingNetwork) and once.stem_once
     every = copy.deepcopy(once)
     every.stem_once = False
-    x = torch.randn(B, C, SIZE, SIZE, dtype=torch.float64)
+    x = torch.randn(B, C, size, size, dtype=torch.float64)
     if option == "spiking_vgg11_bn":  # dropout: the same masks for both paths
         torch.manual_seed(1)
     out_once = once(x)
@@ -382,7 +384,7 @@ def test_pretrained_teacher_weights_can_be_used_untrained(tmp_path):
     """teacher.recipe.epochs=0: the (e.g. timm) weights are evaluated and cached as the teacher."""
     cfg = make_cfg(tmp_path, [*TINY_RUN, "dataset=digits", "teacher.recipe.epochs=0"])
     plan = prepare(cfg)
-    initial = {k: v.clone() for k, v in plan.teacher.state_dict().items()}
+    initial = {k: v.clone() for k, v in plan.teacher.model.state_dict().items()}
     summary = train(cfg)
     record = torch.load(summary["teacher_checkpoint"], weights_only=True)
     assert record["best_epoch"] == 0

@@ -4,8 +4,6 @@ and runs on a tiny fixture."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +12,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from seal_exp.config import CONF_DIR
-from tests.conftest import REPO
 
 SIGMOID = ("hard", "sigmoid", "alpha", 4.0)  # the reference LIF of SeAl, TKD (and our TSER)
 TRIANGLE = ("hard", "triangle", "gamma", 1.0)  # the SAMD/NLD code's neuron
@@ -230,7 +227,7 @@ def test_teacher_preset_is_the_published_recipe(name):
 @pytest.mark.parametrize("name", sorted(TEACHER_OF))
 def test_a_student_preset_finds_the_teacher_its_teacher_preset_trains(tmp_path, name):
     """Same dataset, architecture, recipe and seed → the same teacher cache file."""
-    from seal_exp.teacher import cache_key
+    from seal_exp.teacher.cache import cache_key
 
     paths = (f"paths.root={tmp_path}", f"paths.output={tmp_path / 'out'}")
     student = compose_preset(name, paths)
@@ -252,44 +249,49 @@ def test_every_preset_names_its_source_and_marks_its_settings():
             assert "(ours)" in text, name
 
 
-def test_every_preset_family_composes_from_the_command_line():
-    """``python -m seal_exp.train experiment=<name> --cfg job``, one preset of each family, side by side
-    (every preset composes through the same API in the tests above and runs in the smoke runs below)."""
+def test_every_preset_family_composes_from_the_command_line(monkeypatch, capsys):
+    """``python -m seal_exp.train experiment=<name> --cfg job``, one preset of each family (every preset
+    composes through the same API in the tests above and runs in the smoke runs below). Run in this
+    process through runpy, as ``python -m`` runs it: tests/test_cli.py covers fresh interpreters."""
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+
     families: dict[str, str] = {}
     for name in PRESETS:
         families.setdefault(name.split("_")[0], name)
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "seal_exp.train", f"experiment={name}", "--cfg", "job"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in families.values()
-    }
-    assert len(procs) >= 8
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"{name}: {err[-2000:]}"
+    assert len(families) >= 8
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    for name in families.values():
+        monkeypatch.setattr(sys, "argv", ["seal_exp.train", f"experiment={name}", "--cfg", "job"])
+        GlobalHydra.instance().clear()
+        code = 0
+        try:  # Hydra returns after printing the config, or exits non-zero on a composition error
+            runpy.run_module("seal_exp.train", run_name="__main__", alter_sys=True)
+        except SystemExit as exited:
+            code = exited.code
+        finally:
+            GlobalHydra.instance().clear()
+        out, err = capsys.readouterr()
+        assert code in (0, None), f"{name}: {err[-2000:]}"
         assert "_target_" in out and f"stage: {'teacher' if name.startswith('teacher') else 'distill'}" in out
 
 
 # ------------------------------------------------------------------------------- smoke runs on fixtures
-# Each preset as published, shrunk only in how much it runs (batches, batch size) and, for ImageNet,
-# in image size and class count, on a tiny format-correct fixture loaded through the real loaders.
+# Each preset as published, shrunk only in how much it runs (batches, batch size, T = 2 timesteps:
+# the published T is checked above, and the networks' cost grows with it) and, for ImageNet, in
+# image size and class count, on a tiny format-correct fixture loaded through the real loaders.
 TINY = (
     "debug=smoke",
     "tracking=none",
+    "neuron.T=2",
     "trainer.num_workers=0",
-    "trainer.batch_size=4",
-    "trainer.eval_batch_size=8",
+    "trainer.batch_size=2",
+    "trainer.eval_batch_size=4",
     "trainer.limit_train_batches=1",
     "trainer.limit_eval_batches=1",
-    "teacher.recipe.batch_size=4",
-    "teacher.recipe.eval_batch_size=8",
+    "teacher.recipe.batch_size=2",
+    "teacher.recipe.eval_batch_size=4",
     "teacher.recipe.limit_train_batches=1",
     "teacher.recipe.limit_eval_batches=1",
 )

@@ -17,7 +17,8 @@ import pytest
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
-from seal_exp.report import main, read_sweep_dir, write_report
+from seal_exp.report import main
+from seal_exp.results.sweep_report import read_sweep_dir, write_report
 
 ALPHAS, BETAS, TS, SEEDS = ("0.3", "0.6"), ("0.1", "0.2"), ("2", "4"), ("0", "1")
 GRID = list(itertools.product(ALPHAS, BETAS, TS, SEEDS))  # job n is GRID[n], in Hydra's order

@@ -12,8 +12,8 @@ from conftest import make_cfg
 from spikingjelly.activation_based import base
 
 from seal_exp.bench import main as bench
-from seal_exp.engine import EpochTotals, LaggedReadout, train_step
-from seal_exp.train import prepare
+from seal_exp.plan import prepare
+from seal_exp.training.epoch import EpochTotals, LaggedReadout, train_step
 
 # a small SeAl run on MNIST-shaped input: spiking CNN (two neurons) <- CNN teacher, T=2
 SMALL = ["student.channels=[4,8]", "teacher.model.channels=[4,8]", "neuron.T=2", "trainer.device=cpu"]
@@ -27,9 +27,9 @@ def _step(
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 28, 28, generator=generator)
     y = torch.randint(0, 10, (8,), generator=generator)
-    plan.optimizer.param_groups[0]["lr"] = 0.0  # keep the weights: only the gradients are compared
-    _, terms, loss = train_step(plan.distiller, plan.optimizer, x, y)
-    grads = {n: p.grad.clone() for n, p in plan.student.named_parameters() if p.grad is not None}
+    plan.student.optimizer.param_groups[0]["lr"] = 0.0  # keep the weights: only the gradients are compared
+    _, terms, loss = train_step(plan.student.distiller, plan.student.optimizer, x, y)
+    grads = {n: p.grad.clone() for n, p in plan.student.model.named_parameters() if p.grad is not None}
     return loss.detach(), {k: v.detach() for k, v in terms.items()}, grads
 
 
@@ -62,17 +62,17 @@ def test_bf16_keeps_losses_membranes_and_thresholds_in_float32(tmp_path: Path) -
     flip, so entries are not compared one by one)."""
     plan = prepare(make_cfg(tmp_path, [*SMALL, "trainer.precision=bf16"]), data=False)
     seen: list[torch.dtype] = []
-    for module in plan.student.modules():
+    for module in plan.student.model.modules():
         if isinstance(module, base.MemoryModule):
             module.register_forward_hook(lambda m, i, out: seen.extend([m.v.dtype, out.dtype]))
     x = torch.randn(4, 1, 28, 28)
-    logits, terms = plan.distiller(x, torch.arange(4))
+    logits, terms = plan.student.distiller(x, torch.arange(4))
     assert seen and set(seen) == {torch.float32}, seen
     assert logits.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
     conv_outputs: list[torch.dtype] = []
-    conv = next(m for m in plan.student.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(m for m in plan.student.model.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda m, i, out: conv_outputs.append(out.dtype))
-    plan.distiller(x, torch.arange(4))
+    plan.student.distiller(x, torch.arange(4))
     assert conv_outputs == [torch.bfloat16]
     (loss, terms, grads), (loss16, terms16, grads16) = (
         _step(tmp_path),
@@ -149,19 +149,19 @@ def test_training_steps_never_wait_for_the_gpu(tmp_path: Path) -> None:
     totals and the progress readout never synchronise (the epoch's totals are read once, after)."""
     plan = prepare(make_cfg(tmp_path, [*SMALL[:3], "trainer.device=cuda"]), data=False)
     device = torch.device("cuda")
-    plan.distiller.to(device)
+    plan.student.distiller.to(device)
     batches = [
         (torch.randn(8, 1, 28, 28).pin_memory(), torch.randint(0, 10, (8,)).pin_memory()) for _ in range(6)
     ]
     for x, y in batches[:2]:  # warm-up: allocator, cuDNN algorithm choice, Triton kernels
-        train_step(plan.distiller, plan.optimizer, x.to(device), y.to(device))
+        train_step(plan.student.distiller, plan.student.optimizer, x.to(device), y.to(device))
     totals, readout = EpochTotals.zeros(device), LaggedReadout(device)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step, (x, y) in enumerate(batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits, terms, loss = train_step(plan.distiller, plan.optimizer, x, y)
+            logits, terms, loss = train_step(plan.student.distiller, plan.student.optimizer, x, y)
             totals.add(terms, logits, y, loss, step)
             readout.read(totals.bad_step, loss)
     finally:

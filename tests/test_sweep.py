@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from seal_exp import sweep
+from seal_exp.results import sweep_status
 from tests.conftest import REPO, SMOKE, run_cli
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def distill_runs(root: Path) -> list:
 
 
 def statuses(sweep_dir: Path) -> list[str]:
-    return [job.status for job in sweep.status(sweep_dir)]
+    return [job.status for job in sweep_status.status(sweep_dir)]
 
 
 def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_path):
@@ -50,25 +50,19 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert len({r.data.tags["seal.identity"] for r in runs}) == 4
     assert statuses(first) == ["finished"] * 4
 
-    # the same sweep command again (a new sweep folder, as Hydra names it by time): nothing trains
-    second = tmp_path / "sweep-2"
-    proc = run_cli(["-m", *common, f"hydra.sweep.dir={second}"], REPO, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("already finished: MLflow run") == 4
-    assert len(distill_runs(tmp_path)) == 4
-    assert len(list(second.glob("*/summary.json"))) == 4  # the new folder still reports every job
-
-    # one job's run deleted: the status says so, and a relaunch trains that job alone
+    # one job's run deleted: the status says so, and the same sweep command again (a new sweep folder,
+    # as Hydra names it by time) trains that job alone; the three others exit at once
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     gone = next(r for r in runs if r.data.params["distiller.alpha"] == "0.6" and r.data.params["seed"] == "0")
     client.delete_run(gone.info.run_id)
     assert statuses(first) == ["finished", "finished", "missing", "finished"]
     shown = run_cli(["status", str(first)], REPO, module="seal_exp.sweep")
     assert shown.returncode == 0 and "4 jobs: 3 finished, 0 running, 0 failed, 1 missing" in shown.stdout
-    third = tmp_path / "sweep-3"
-    proc = run_cli(["-m", *common, f"hydra.sweep.dir={third}"], REPO, timeout=600)
+    second = tmp_path / "sweep-2"
+    proc = run_cli(["-m", *common, f"hydra.sweep.dir={second}"], REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("already finished: MLflow run") == 3
+    assert len(list(second.glob("*/summary.json"))) == 4  # the new folder still reports every job
     after = distill_runs(tmp_path)
     assert len(after) == 4
     (new,) = [r for r in after if r.info.run_id not in {x.info.run_id for x in runs}]
@@ -78,25 +72,26 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
 
 
 def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losing_an_epoch(tmp_path):
-    """submitit_local sends the pre-timeout signal 30 s before the limit, so 90 s into every 2-minute
+    """submitit_local sends the pre-timeout signal 30 s before the limit, so 30 s into every 1-minute
     attempt. The job reads its training samples at a fixed pace (tests/paced_data.py), so it trains
-    for more than 90 s on any machine: it must checkpoint, be requeued and continue from where it
-    stopped, maybe more than once."""
+    for more than 30 s on any machine: it must checkpoint, be requeued and continue from where it
+    stopped, maybe more than once. An attempt that resumes mid-epoch draws that epoch's earlier batches
+    again (16 s at most here), so it still gets further than the one before."""
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
         [
             "-m",
             "hydra/launcher=local",
-            "hydra.launcher.timeout_min=2",
+            "hydra.launcher.timeout_min=1",
             "+hydra.launcher.max_num_timeout=8",
             "dataset=mnist5k",
             "dataset._target_=tests.paced_data.PacedMNIST5k",
-            "+dataset.seconds_per_sample=0.025",  # 2 epochs of 30 batches of 64: at least 96 s of reading
+            "+dataset.seconds_per_sample=0.0125",  # 2 epochs of 20 batches of 64: at least 32 s of reading
             "distiller=none",
             "trainer.epochs=2",
-            "trainer.limit_train_batches=30",
+            "trainer.limit_train_batches=20",
             "trainer.eval_batch_size=500",
-            "trainer.checkpoint_every_steps=10",
+            "trainer.checkpoint_every_steps=5",
             "trainer.progress=false",
             "seed=0",
             f"paths.root={tmp_path}",

@@ -9,12 +9,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from seal_exp import checkpoint
 from seal_exp.config import ConfigError
 from seal_exp.data.embedded import EmbeddedImages
 from seal_exp.distillers.seal import SeAl
-from seal_exp.engine import NonFiniteLoss
+from seal_exp.run import checkpoint
 from seal_exp.train import train
+from seal_exp.training.epoch import NonFiniteLoss
 from tests.conftest import SMOKE, make_cfg
 
 SUMMARY_KEYS = {

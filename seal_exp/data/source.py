@@ -1,7 +1,7 @@
 """What every dataset config builds: an object that checks its files when constructed (reading no
 data) and loads its splits on demand.
 
-A dataset whose files are missing stops the run in :func:`seal_exp.train.prepare`, before any data is
+A dataset whose files are missing stops the run in :func:`seal_exp.plan.prepare`, before any data is
 read or any GPU touched, with a :class:`MissingDataset` message naming the folder it looked in, the
 layout it expects and where the data comes from.
 """

@@ -1,13 +1,12 @@
-"""The contract between a distiller and the engine.
+"""What every distiller shares, on top of the training loop's :class:`~seal_exp.objective.Objective`.
 
-A distiller owns the student, an optional frozen ANN teacher and its loss. The engine calls
+A distiller owns the student, an optional frozen ANN teacher and its loss. The loop calls
 ``distiller(x, y)``, sums the returned terms, steps the optimiser over ``learnable_modules()`` and
 logs every term; it knows nothing about any method.
 """
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from seal_exp.distillers.hard_losses import tet_ce
+from seal_exp.objective import Objective
 
 HardLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -24,7 +24,7 @@ def last_stage(network: nn.Module) -> str:
     return list(network.feature_stages)[-1]
 
 
-class Distiller(nn.Module, abc.ABC):
+class Distiller(Objective):
     """Student + frozen teacher + loss, returning ``(student_logits [T,B,K], {term: weighted loss})``."""
 
     requires_teacher: ClassVar[bool] = True
@@ -100,7 +100,7 @@ class Distiller(nn.Module, abc.ABC):
         return logits.clone(), {name: f.clone() for name, f in features.items()}
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
-        """Called by the engine before training epoch ``epoch`` (1-based) of ``epochs``.
+        """Called by the training loop before training epoch ``epoch`` (1-based) of ``epochs``.
 
         Methods with a schedule over training (TKS's ``a_e``) read ``self.epoch`` / ``self.epochs``.
         """
@@ -143,7 +143,3 @@ class Distiller(nn.Module, abc.ABC):
             module.load_state_dict(module_state)
         self._generators = {}
         self._saved_noise = dict(state["noise"])
-
-    @abc.abstractmethod
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Student logits ``[T, B, K]`` and the loss terms, already weighted, whose sum is minimised."""

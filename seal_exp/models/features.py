@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from seal_exp.speed import full_precision
+from seal_exp.models.speed import full_precision
 
 
 class FeatureTaps:

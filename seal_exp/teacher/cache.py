@@ -1,4 +1,4 @@
-"""The ANN teacher: loaded from ``teacher.checkpoint``, reused from the cache, or trained once and cached.
+"""Where the ANN teacher comes from: ``teacher.checkpoint``, or the cache (trained once when missing).
 
 The cache key covers everything that decides the teacher's weights: the dataset config, the
 architecture, the teacher recipe (loop, optimiser, schedule), the seed and the content of any initial
@@ -15,30 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from seal_exp import checkpoint
 from seal_exp.config import ConfigError
-from seal_exp.identity import without_module_paths
+from seal_exp.run import checkpoint
+from seal_exp.run.identity import without_module_paths
 
 log = logging.getLogger(__name__)
 
 FORMAT = "seal-exp/teacher-v1"
-
-
-class Supervised(nn.Module):
-    """Cross-entropy training of an ANN, in the engine's objective shape."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.model(x)
-        return logits, {"ce": F.cross_entropy(logits, y)}
 
 
 @dataclass(frozen=True)

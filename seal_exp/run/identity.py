@@ -20,8 +20,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seal_exp.config import flatten
 
-IDENTITY_TAG = "seal.identity"
-
 # Dotted keys (or key prefixes) that say where and how a job runs, not what it computes.
 EXCLUDED = (
     "hydra",

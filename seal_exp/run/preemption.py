@@ -3,7 +3,7 @@
 submitit asks SLURM (``--signal=USR2@<signal_delay_s>``) or its local controller to send a signal
 shortly before the time limit, and its own handler checkpoints the submission and requeues the job
 at once. Stopping mid-step would lose the step, so :func:`deferred` records the signal instead; the
-engine notices it at the next step boundary, writes ``last.pt`` and raises :class:`Preempted`, and
+training loop notices it at the next step boundary, writes ``last.pt`` and raises :class:`Preempted`, and
 :meth:`Guard.hand_over` then calls submitit's handler, which requeues the job (and exits). Outside
 submitit the process exits after the checkpoint; the next start resumes from it.
 """

@@ -1,0 +1,189 @@
+"""A job from start to end state: identity, skip or resume (decided once, by rank 0), the tracked run
+it opens or reattaches to, and the status it always ends with (FINISHED, FAILED or KILLED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from seal_exp.config import ConfigError, flatten
+from seal_exp.run import checkpoint, preemption
+from seal_exp.run import files as run_files
+from seal_exp.run.distributed import Distributed
+from seal_exp.run.identity import identity_config, job_identity
+from seal_exp.run.preemption import Preempted
+from seal_exp.run.resume import resume_point
+from seal_exp.tracking import IDENTITY_TAG, download_summary, git_tags, job_context
+
+log = logging.getLogger("seal_exp")
+
+
+@dataclass
+class Job:
+    """This process's view of the job: its folder, its identity and what it continues from."""
+
+    out: Path
+    identity_cfg: dict[str, str]
+    identity: str
+    started: float  # perf_counter at the start of this attempt
+    resume: dict[str, Any] | None = None  # the loaded last.pt this attempt continues
+    finished: dict[str, Any] | None = None  # skip_finished: the summary of an earlier FINISHED run
+
+    def wall_s(self) -> float:
+        """Seconds spent on the job over all its attempts."""
+        earlier = float(self.resume.get("wall_s", 0.0)) if self.resume else 0.0
+        return earlier + time.perf_counter() - self.started
+
+
+def open_job(cfg: DictConfig, tracker: Any, dist: Distributed, started: float) -> Job:
+    """The job's identity and what rank 0 decided: skip it, resume it, or start it afresh.
+
+    ``tracker``: the run's tracking store (rank 0's; the other ranks pass a :class:`NoTracker`).
+    """
+    out = Path(dist.share(str(cfg.paths.output)))  # torchrun: every rank works in rank 0's folder
+    identity_cfg = identity_config(cfg)
+    job = Job(out, identity_cfg, job_identity(identity_cfg), started)
+    decision: dict[str, Any] = {}
+    if dist.is_main:
+        try:
+            decision = _decide(cfg, tracker, job)
+        except Exception as exc:
+            dist.share({"error": str(exc), "config": isinstance(exc, ConfigError)})
+            raise
+    decision = dist.share(decision)  # skip, resume and refusals are decided once, by rank 0
+    if "error" in decision:
+        message = f"rank 0 stopped the run: {decision['error']}"
+        raise ConfigError(message) if decision["config"] else RuntimeError(message)
+    job.finished = decision.get("finished")
+    if job.resume is None and decision.get("resume_from"):
+        job.resume = checkpoint.load(decision["resume_from"])
+    return job
+
+
+def _decide(cfg: DictConfig, tracker: Any, job: Job) -> dict[str, Any]:
+    """Rank 0: an earlier FINISHED run of this job (skip_finished), or the last.pt to resume from."""
+    if cfg.stage != "distill":
+        return {"resume_from": None}
+    earlier = tracker.find_runs(job.identity)
+    finished = next((r for r in earlier if r.info.status == "FINISHED"), None)
+    if cfg.skip_finished and finished is not None:
+        return {"finished": _already_finished(finished, tracker, job)}
+    path, job.resume = resume_point(cfg, job.out, job.identity_cfg, earlier)
+    return {"resume_from": str(path) if path else None}
+
+
+def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
+    """Report the earlier run and copy its summary here, so this sweep's folder is complete too."""
+    earlier_out = Path(run.data.tags.get("output_dir", ""))
+    if (earlier_out / "summary.json").is_file():
+        summary = run_files.read_summary(earlier_out / "summary.json")
+    else:  # that folder is gone (another machine, cleaned up): the copy tracked with the run
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = download_summary(tracker.client, run.info.run_id, Path(tmp)) or {}
+    summary |= {"skipped": True, "reused_run": run.info.run_id, "identity": job.identity}
+    if summary.get("stage") is not None and job.out.resolve() != earlier_out.resolve():
+        job.out.mkdir(parents=True, exist_ok=True)
+        run_files.write_summary(job.out / "summary.json", summary)
+    acc = summary.get("test_acc")
+    print(
+        f"already finished: MLflow run {run.info.run_id} (identity {job.identity}, folder {earlier_out}"
+        + (f", test accuracy {acc:.2f}%" if acc is not None else "")
+        + "); nothing to train. Pass skip_finished=false to train it again.",
+        flush=True,
+    )
+    return summary
+
+
+def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags: dict[str, str]) -> None:
+    """Open the job's tracked run, or reattach to the one an interrupted attempt left.
+
+    ``tags``: what the run computes with (method, device, kernels); the job adds where and what it is.
+    """
+    job.out.mkdir(parents=True, exist_ok=True)
+    context = job_context()
+    tags = {
+        **tags,
+        "output_dir": str(job.out.resolve()),
+        IDENTITY_TAG: job.identity,
+        **git_tags(),
+        **context["tags"],
+    }
+    params = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    run_id = job.resume.get("mlflow_run_id") if job.resume else None
+    if not (run_id and tracker.reattach(run_id, tags)):
+        tracker.start(run_name, params, tags, context["parent_run_id"])
+
+
+def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
+    """What every ``last.pt`` of the job carries besides the training state."""
+    return {
+        "config": job.identity_cfg,
+        "identity": job.identity,
+        "mlflow_run_id": tracker.run_id,
+        "wall_s": job.wall_s(),
+    }
+
+
+@contextlib.contextmanager
+def tracked(tracker: Any, job: Job, dist: Distributed) -> Iterator[Callable[[], bool]]:
+    """Run the job's body with the pre-timeout signal deferred (yields "was it sent?") and close the
+    tracked run with the status it ended in: FINISHED, KILLED (interrupt, preemption) or FAILED."""
+    with preemption.deferred() as guard:
+        try:
+            tracker.log_artifact(job.out / ".hydra", ".hydra")
+            yield guard.requested
+        except Preempted as exc:
+            log.warning("%s; handing over to the scheduler (the next start resumes from it)", exc)
+            _close(tracker, "KILLED")
+            # submitit's other tasks wait for the requeue to stop them, as submitit itself does
+            guard.hand_over(wait_for_requeue=dist.launcher == "submitit" and not dist.is_main)
+            raise
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            _close(tracker, status, traceback.format_exc())
+            raise
+    tracker.finish("FINISHED")
+
+
+def _close(tracker: Any, status: str, error: str | None = None) -> None:
+    try:
+        tracker.finish(status, error) if error is not None else tracker.finish(status)
+    except Exception:  # never let the tracker hide the real error
+        log.exception("could not close the tracked run")
+
+
+def record_summary(summary: dict[str, Any], tracker: Any, job: Job, dist: Distributed) -> None:
+    """Complete the summary; rank 0 writes ``summary.json`` and tracks it with the run's files."""
+    summary["wall_s"] = round(job.wall_s(), 2)
+    summary["mlflow_run_id"] = tracker.run_id
+    summary["identity"] = job.identity
+    if not dist.is_main:
+        return
+    summary["world_size"] = dist.world_size
+    run_files.write_summary(job.out / "summary.json", summary)
+    tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
+    for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
+        tracker.log_artifact(job.out / name)
+
+
+def last_line(summary: dict[str, Any], out: Path, run_id: str | None) -> str:
+    """What the user reads when the job ends: the accuracies and where everything is."""
+    where = f"run folder {out}" + (f" | MLflow run {run_id} (make ui)" if run_id else "")
+    teacher = summary.get("teacher_test_acc")
+    if summary["stage"] == "teacher":
+        return f"teacher test accuracy {teacher:.2f}% | checkpoint {summary['teacher_checkpoint']} | {where}"
+    teacher_part = f", teacher {teacher:.2f}%" if teacher is not None else ""
+    return (
+        f"student test accuracy {summary['test_acc']:.2f}% (selected on {summary['selected_on']}; last epoch "
+        f"{summary['test_acc_last']:.2f}%){teacher_part} | {where}"
+    )

@@ -1,0 +1,1 @@
+"""The ANN teacher in one place: its cache, its training and its cached logits."""
