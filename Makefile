@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 PORT ?= 5000
 SWEEP ?= distiller.alpha=0.3,0.6 distiller.beta=0.05,0.15 neuron.T=2,4 trainer.epochs=3
-SWEEP_DIR ?= multirun/sweep/$(shell date +%Y-%m-%d_%H-%M-%S)
+SWEEP_DIR ?= multirun/sweep/$(shell date +%Y-%m-%d_%H-%M-%S)_$(shell od -An -N2 -tx1 /dev/urandom | tr -d " \n")
 SWEEP_DIR := $(SWEEP_DIR)
 
 .PHONY: help install train test sweep compare ui lint clean models bench

@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.report is not None:
-        print(comparison.report(args.report))
+        try:
+            print(comparison.report(args.report))
+        except comparison.ReportError as exc:
+            print(f"seal-exp: --report: {exc}", file=sys.stderr)
+            return 2
         return 0
     distillers = [d.strip() for d in args.distillers.split(",") if d.strip()]
     unknown = sorted(set(distillers) - set(options))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,15 @@ def require(condition: bool, name: str, value: Any, rule: str) -> None:
     """Raise :class:`InvalidArgument` unless ``condition`` holds."""
     if not condition:
         raise InvalidArgument(name, value, rule)
+
+
+def require_finite(**values: Any) -> None:
+    """Raise :class:`InvalidArgument` unless each value is a finite number: inf passes every ``> 0``
+    check and surfaces mid-run, after the data was read, as a non-finite loss; a string fails the range
+    check with a bare TypeError that names no key."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidArgument(name, value, "use a finite number")
 
 
 _UNEXPECTED_KW = re.compile(r"unexpected keyword argument '([^']+)'")
@@ -73,6 +84,42 @@ def _origin(key: str) -> str:
 def invalid(key: str, value: Any, rule: str) -> ConfigError:
     """The one message shape for a refused value: key, value, rule, and where the value came from."""
     return ConfigError(f"{key}={value!r} is invalid: {rule}.{_origin(key)}")
+
+
+def check_numbers(node: DictConfig | ListConfig, prefix: str = "") -> None:
+    """Refuse a NaN or infinite number anywhere in a config (``hydra`` aside), and text where a
+    ``_target_`` takes a float (its default is one), naming the key.
+
+    Third-party targets (torch's schedules, spikingjelly's surrogates) check nothing and fail only
+    mid-run, so this one pass covers every float hyperparameter. Interpolations are skipped: they point
+    at keys checked here.
+    """
+    if isinstance(node, ListConfig):
+        items = [(f"{prefix}[{i}]", i) for i in range(len(node))]
+    else:
+        items = [(f"{prefix}.{k}" if prefix else str(k), k) for k in node if prefix or k != "hydra"]
+    floats = _float_parameters(node.get("_target_")) if isinstance(node, DictConfig) else set()
+    for key, k in items:
+        if OmegaConf.is_missing(node, k) or OmegaConf.is_interpolation(node, k):
+            continue
+        value = node[k]
+        if isinstance(value, DictConfig | ListConfig):
+            check_numbers(value, key)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise invalid(key, value, "use a finite number")
+        elif k in floats and isinstance(value, str):
+            raise invalid(key, value, "use a number")
+
+
+def _float_parameters(target: Any) -> set[str]:
+    """The parameters of a ``_target_`` whose default is a float (none when it cannot be imported)."""
+    if not isinstance(target, str):
+        return set()
+    try:
+        params = inspect.signature(get_method(target)).parameters
+    except Exception:  # a target that cannot be imported is reported when it is built
+        return set()
+    return {n for n, p in params.items() if isinstance(p.default, float)}
 
 
 def build(node: DictConfig, key: str, *, probe_partial: bool = False, **kwargs: Any) -> Any:
@@ -143,3 +190,8 @@ def project_root() -> str:
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 OmegaConf.register_new_resolver("project_root", project_root, replace=True)
+
+# Four hex digits drawn once per process: with the time to the second, two runs (or sweeps) started
+# in the same second never share a folder.
+_PROCESS_TAG = secrets.token_hex(2)
+OmegaConf.register_new_resolver("process_tag", lambda: _PROCESS_TAG, replace=True)

@@ -7,7 +7,9 @@ and ``teacher`` (when the method or the stage needs one), each ``None`` when the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 from torch import nn
 
-from seal_exp.config import ConfigError, build, invalid
+from seal_exp.config import ConfigError, build, check_numbers, invalid
 from seal_exp.data import DataSplits, make_loader
 from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
@@ -125,12 +127,16 @@ class Plan:
 def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
     """Build and check everything a run needs, reading no data: a bad setting stops the run here.
 
-    ``data=False`` (the benchmark, which feeds synthetic batches): no dataset and no tracking store.
+    ``data=False`` (the benchmark, which feeds synthetic batches): no dataset, no tracking store and no
+    output folder.
     """
+    check_numbers(cfg)
     if cfg.stage not in STAGES:
         raise invalid("stage", cfg.stage, f"choose one of {', '.join(STAGES)}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise invalid("seed", cfg.seed, "use an integer >= 0")
+    if data:
+        check_writable("paths.output", cfg.paths.output, "the run's folder (hydra.run.dir)")
     settings = build(cfg.trainer, "trainer")
     launch = distributed.launch_environment()
     world = launch.world_size if launch else 1
@@ -149,6 +155,11 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
         distiller_cls = get_class(cfg.distiller._target_)
     except Exception as exc:
         raise ConfigError(f"distiller._target_={cfg.distiller._target_}: cannot import it ({exc})") from exc
+    if cfg.stage == "distill" and not distiller_cls.requires_teacher and cfg.teacher.checkpoint:
+        raise ConfigError(
+            f"teacher.checkpoint={cfg.teacher.checkpoint} is set but {_distiller_choice(cfg)} trains without "
+            "a teacher: drop teacher.checkpoint (it would only change the job's identity)."
+        )
     student = None
     if cfg.stage == "distill":
         with isolated_torch_rng(cfg.seed):
@@ -171,6 +182,32 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
     return plan
 
 
+def check_writable(key: str, path: Any, what: str) -> None:
+    """Refuse a folder this run could not create or write into: now, not after the data was read or the
+    model trained. A folder still to be created counts by its nearest existing ancestor."""
+    target = Path(str(path)).expanduser().absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise invalid(key, str(target), f"{what} cannot be created there ({problem}): pick a writable folder")
+
+
+def _distiller_choice(cfg: DictConfig) -> str:
+    """``distiller=<option>`` as the user chose it, else the class the config builds."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return f"distiller={HydraConfig.get().runtime.choices['distiller']}"
+    except Exception:  # composed outside a Hydra run (tests, notebooks): no choice recorded
+        return f"distiller._target_={cfg.distiller._target_}"
+
+
 def _check_global_batch(key: str, batch_size: int, world: int, what: str) -> None:
     if batch_size % world:
         raise invalid(key, batch_size, f"{what} over this run's {world} processes: use a multiple of {world}")
@@ -182,6 +219,7 @@ def _teacher_plan(cfg: DictConfig, world: int, sync_bn: bool) -> TeacherPlan:
     source = teacher_cache.locate(cfg)
     if not source.needs_training:
         return TeacherPlan(model, source, teacher_cache.load_into(model, source, cfg), None)
+    check_writable("teacher.cache_dir", source.path.parent, "the cache of the teacher this run trains")
     loop = build(cfg.teacher.recipe, "teacher.recipe")
     _check_global_batch(
         "teacher.recipe.batch_size",

@@ -8,30 +8,31 @@ read a sweep's parent run back and attach files to it, for the reports that come
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from seal_exp.config import project_root, require
+from seal_exp.config import build, invalid, project_root, require
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 TRACKING_URI_FILE = "mlflow_tracking_uri"  # next to it: where the parent run lives (for later reports)
 MAX_PARAM_CHARS = 6000
+T = TypeVar("T")
 IDENTITY_TAG = "seal.identity"  # a job's identity (seal_exp.run.identity): how relaunches find earlier runs
 
 
@@ -48,12 +49,20 @@ class NoTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Nothing to record."""
 
+    def has_metric(self, key: str) -> bool:
+        """No store: no metric was ever logged."""
+        return False
+
     def find_runs(self, identity: str) -> list[Any]:
         """No store to look in: no earlier runs are known."""
         return []
 
     def reattach(self, run_id: str, tags: dict[str, str]) -> bool:
         """Nothing to reattach to."""
+        return False
+
+    def mark_failed(self, run_id: str, reason: str) -> bool:
+        """No run to mark."""
         return False
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -63,81 +72,246 @@ class NoTracker:
         """Nothing to close."""
 
 
-class MLflowTracker:
-    """Records a job in an MLflow store (by default the project's ``mlflow.db``)."""
+DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (+driver allowed)
+ACCEPTED_URIS = (
+    "sqlite:////abs/path/mlflow.db (the default, tracking=mlflow), an absolute folder or file:///abs/folder "
+    "(MLflow's file store), http(s)://host:port (an MLflow server, tracking=mlflow_server), "
+    "postgresql://, mysql://, mssql:// (a database MLflow can use), or databricks[://profile]"
+)
+FAILURE_TAG = "seal.failure"  # why a run was closed as FAILED from outside it (mark_failed)
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+STORE_LOCK_TIMEOUT_S = 300.0  # creating or upgrading a SQLite store takes seconds; a stuck holder is a bug
+LOCKED_RETRY_S = 60.0  # how long a call keeps retrying a busy SQLite store (on top of its own busy timeout)
+SERVER_PROBE_TIMEOUT_S = 5.0  # a server that does not answer /health in this long is taken as down
 
-    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+
+def _scheme(uri: str) -> str:
+    """The store kind MLflow picks for ``uri`` ('' for a plain path, 'postgresql' for postgresql+psycopg2)."""
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri
+    if "://" not in uri:
+        return "file" if uri.startswith("file:") else ""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower()
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is SQLite saying another process holds the database."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:  # a chain can loop back on itself
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return any("database is locked" in str(e) or "database table is locked" in str(e) for e in chain)
+
+
+def _retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, retried with backoff while SQLite reports the database locked.
+
+    Parallel jobs share one SQLite file; SQLite answers a write that would deadlock with "database is
+    locked" at once, without waiting. A locked write was rolled back, so calling it again logs it once.
+    """
+    delay, deadline = 0.2, time.monotonic() + LOCKED_RETRY_S
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not _is_locked(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.info("MLflow store busy (%s); retrying in %.1f s", getattr(fn, "__name__", fn), delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+class MLflowTracker:
+    """Records a job in an MLflow store (by default the project's ``mlflow.db``).
+
+    The URI's kind and, for a local store, whether its folder can be written are checked when the tracker
+    is built, before any data is read; a server is probed on first contact, so a wrong address fails in
+    seconds rather than after MLflow's minutes of HTTP retries. A SQLite store is created (and its schema
+    upgraded) under a file lock, since parallel jobs starting on a fresh store otherwise race MLflow's
+    migrations and leave it unusable; the calls made while training retry a busy database.
+
+    ``writable=False``: the store is only read (a status report), so a read-only store is fine.
+    """
+
+    def __init__(
+        self, uri: str, experiment: str, artifact_location: str | None = None, writable: bool = True
+    ) -> None:
+        scheme = _scheme(uri)
         require(
-            "://" in uri or uri.startswith("databricks"),
+            scheme in ("", "file", "http", "https", "databricks", "databricks-uc", "uc", *DB_SCHEMES),
             "uri",
             uri,
-            "give a tracking URI such as sqlite:////abs/path/mlflow.db or http://host:5000",
+            f"unknown tracking URI scheme {scheme!r}; give one of: {ACCEPTED_URIS}",
         )
-        if uri.startswith("sqlite:"):
+        if scheme == "sqlite":
             require(
                 uri.startswith("sqlite:////"),
                 "uri",
                 uri,
                 "use an absolute path (sqlite:////abs/path/mlflow.db): every job must find the same store",
             )
+        if scheme in ("", "file"):
+            require(
+                Path(_local_path(uri)).is_absolute(),
+                "uri",
+                uri,
+                "use an absolute folder (/abs/path/mlruns or file:///abs/path/mlruns): every job must find "
+                "the same store",
+            )
         require(bool(experiment), "experiment", experiment, "name the MLflow experiment")
         self.uri, self.experiment, self.artifact_location = uri, experiment, artifact_location
+        if writable:
+            self._check_writable()
         self.run_id: str | None = None
         self._client: Any = None
+        self._artifacts_failed = False
+
+    def _store_path(self) -> Path | None:
+        """The SQLite file or file-store folder on this machine; None for a server or a remote database."""
+        scheme = _scheme(self.uri)
+        if scheme == "sqlite":
+            return Path(self.uri[len("sqlite:///") :].split("?", 1)[0])
+        if scheme in ("", "file"):
+            return Path(_local_path(self.uri))
+        return None
+
+    def _check_writable(self) -> None:
+        """Refuse a local store this process cannot write, up front and naming the folder."""
+        store = self._store_path()
+        if store is None:
+            return
+        folder = store.parent if _scheme(self.uri) == "sqlite" else store
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+            blocked = store if store.is_file() and not os.access(store, os.W_OK) else None
+        else:
+            blocked = existing
+        require(
+            blocked is None,
+            "uri",
+            self.uri,
+            f"{blocked} cannot be written (read-only mount or another user's folder) and the tracking store "
+            "needs to write there: point tracking.uri at a writable place (sqlite:////abs/path/mlflow.db), "
+            "or run with tracking=none",
+        )
 
     @property
     def client(self) -> Any:
+        """The MLflow client; made on first use: the store is created or upgraded, a server probed."""
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            if self.uri.startswith("sqlite:////"):
-                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-            self._client = MlflowClient(tracking_uri=self.uri)
+            scheme = _scheme(self.uri)
+            if scheme in ("http", "https"):
+                self._probe_server()
+            store = self._store_path()
+            if scheme == "sqlite" and store is not None:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                with self._store_lock():  # MlflowClient builds the store: MLflow's migrations run here
+                    self._client = MlflowClient(tracking_uri=self.uri)
+            else:
+                self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
+
+    @contextlib.contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Hold ``<db>-lock`` (SQLite stores only): one process at a time creates or upgrades the schema."""
+        store = self._store_path()
+        if _scheme(self.uri) != "sqlite" or store is None:
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(f"{store}-lock", timeout=STORE_LOCK_TIMEOUT_S)  # beside -journal, -wal
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise RuntimeError(
+                f"waited {STORE_LOCK_TIMEOUT_S:.0f} s for {lock.lock_file}, held by another job creating the "
+                "MLflow store; if no job is running, delete that file"
+            ) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _probe_server(self) -> None:
+        """Fail in seconds, naming ``tracking.uri``, when no server answers (MLflow retries for minutes)."""
+        import requests
+
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        verify: bool | str = False if insecure else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
+        try:
+            requests.get(f"{self.uri.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S, verify=verify)
+        except requests.RequestException as exc:  # any HTTP answer, even 401 or 404, means it is up
+            why = (
+                f"nothing answered within {SERVER_PROBE_TIMEOUT_S:.0f} s"
+                if isinstance(exc, requests.Timeout)
+                else f"could not connect ({type(exc).__name__})"
+            )
+            raise invalid(
+                "tracking.uri",
+                self.uri,
+                f"no MLflow tracking server there: {why}. Start one (mlflow server --backend-store-uri "
+                "sqlite:////abs/path/mlflow.db --host 0.0.0.0 --port 5000; see "
+                "conf/tracking/mlflow_server.yaml) and point tracking.uri (or MLFLOW_TRACKING_URI) at it, "
+                "or use tracking=mlflow for the project's local SQLite store",
+            ) from exc
 
     def experiment_id(self) -> str:
         """The experiment's id, created on first use (a parallel job may create it first: fine)."""
         from mlflow.exceptions import MlflowException
 
-        found = self.client.get_experiment_by_name(self.experiment)
+        found = _retrying(self.client.get_experiment_by_name, self.experiment)
         if found is not None:
             return found.experiment_id
-        try:
-            return self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
-        except MlflowException:
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is None:
-                raise
-            return found.experiment_id
+        with self._store_lock():
+            found = _retrying(self.client.get_experiment_by_name, self.experiment)
+            if found is not None:
+                return found.experiment_id
+            try:
+                return _retrying(
+                    self.client.create_experiment, self.experiment, artifact_location=self.artifact_location
+                )
+            except MlflowException:  # a server's other client made it meanwhile
+                found = self.client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    raise
+                return found.experiment_id
 
     def open_parent(self, run_name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        """A sweep's parent run (left RUNNING; close it with :meth:`finish` after setting ``run_id``)."""
+        run = _retrying(self.client.create_run, self.experiment_id(), run_name=run_name, tags=tags)
         return run.info.run_id
 
     def start(
         self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
     ) -> None:
+        """Open the job's run with its flattened config as params (MLflow params are immutable)."""
         from mlflow.entities import Param
 
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags)
+        run = _retrying(self.client.create_run, self.experiment_id(), run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
+        self._artifacts_failed = False
         items = [
             Param(k, v if len(v) <= MAX_PARAM_CHARS else v[: MAX_PARAM_CHARS - 1] + "…")
             for k, v in params.items()
         ]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            _retrying(self.client.log_batch, self.run_id, params=items[i : i + 100])
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, self.experiment, self.uri)
 
     def find_runs(self, identity: str) -> list[Any]:
         """Active runs of this experiment with job identity ``identity``, newest first."""
-        found = self.client.get_experiment_by_name(self.experiment)
+        found = _retrying(self.client.get_experiment_by_name, self.experiment)
         if found is None:
             return []
         return list(
-            self.client.search_runs(
+            _retrying(
+                self.client.search_runs,
                 [found.experiment_id],
                 filter_string=f"tags.`{IDENTITY_TAG}` = '{identity}'",
                 order_by=["attributes.start_time DESC"],
@@ -150,41 +324,105 @@ class MLflowTracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            run = self.client.get_run(run_id)
+            run = _retrying(self.client.get_run, run_id)
         except MlflowException:
             return False
         if run.info.lifecycle_stage != "active":
             return False
         self.run_id = run_id
-        self.client.update_run(run_id, status="RUNNING")
+        self._artifacts_failed = False
+        _retrying(self.client.update_run, run_id, status="RUNNING")
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         for key, value in {**tags, "resumed": str(resumed)}.items():
-            self.client.set_tag(run_id, key, value)
+            _retrying(self.client.set_tag, run_id, key, value)
         log.info("MLflow run %s reattached (resume #%d)", run_id, resumed)
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` on the active run (in batches; a busy SQLite store is retried)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+            _retrying(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+
+    def has_metric(self, key: str) -> bool:
+        """Whether the active run already has a value for ``key`` (e.g. a resumed run's ``teacher/test/acc``),
+        so a run-level metric is logged once over all its attempts. False with no active run."""
+        if self.run_id is None:
+            return False
+        return key in _retrying(self.client.get_run, self.run_id).data.metrics
+
+    def mark_failed(self, run_id: str, reason: str) -> bool:
+        """Close another run (not the active one) as FAILED, with ``reason`` as tag ``seal.failure`` and in
+        its note, e.g. a run whose ``last.pt`` is refused; False if the run does not exist (or is deleted).
+
+        The status is set first, so the run is FAILED even if the tags cannot be written.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = _retrying(self.client.get_run, run_id)
+        except MlflowException:
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        _retrying(self.client.set_terminated, run_id, "FAILED")
+        note = run.data.tags.get(NOTE_TAG, "")
+        _retrying(self.client.set_tag, run_id, FAILURE_TAG, reason[-4000:])
+        _retrying(self.client.set_tag, run_id, NOTE_TAG, f"{note}\n\n{reason}".strip())
+        log.warning("MLflow run %s marked FAILED: %s", run_id, reason)
+        return True
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Attach a file or folder to the active run, best-effort: the files stay in the job's folder either
+        way, so a failing artifact store never fails the training; after the first failure (one warning)
+        the run's remaining uploads are skipped rather than each hanging on a broken store."""
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        elif path.is_file():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if self.run_id is None or self._artifacts_failed or not path.exists():
+            return
+        try:
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+        except Exception as exc:
+            self._artifacts_failed = True
+            log.warning(
+                "could not attach %s to MLflow run %s (%s: %s); the run's other files are not uploaded "
+                "either, they stay in the job folder",
+                path,
+                self.run_id,
+                type(exc).__name__,
+                exc,
+            )
 
     def finish(self, status: str, error: str | None = None) -> None:
+        """Close the active run with ``status``; for a failure, then attach the traceback (best-effort).
+
+        The status comes first, so a failing artifact store never leaves the run RUNNING.
+        """
         if self.run_id is None:
             return
-        if error:
-            self.client.set_tag(self.run_id, "error", error[-4000:])
-            self.client.log_text(self.run_id, error, "traceback.txt")
-        self.client.set_terminated(self.run_id, status)
+        _retrying(self.client.set_terminated, self.run_id, status)
+        if not error:
+            return
+        try:
+            _retrying(self.client.set_tag, self.run_id, "error", error[-4000:])
+            if not self._artifacts_failed:
+                self.client.log_text(self.run_id, error, "traceback.txt")
+        except Exception as exc:
+            log.warning("MLflow run %s is %s; its traceback was not attached: %s", self.run_id, status, exc)
+
+
+def _local_path(uri: str) -> str:
+    """The folder of a file store URI (``/abs``, ``file:///abs``)."""
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(uri).path)
+    return uri
 
 
 def git_tags(root: str | Path | None = None) -> dict[str, str]:
@@ -238,7 +476,7 @@ class MLflowSweepCallback(Callback):
         self._failed = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracker = instantiate(config.tracking)
+        tracker = build(config.tracking, "tracking")  # a bad tracking.uri: the run's one-line message
         if not isinstance(tracker, MLflowTracker):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))

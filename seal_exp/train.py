@@ -25,6 +25,7 @@ from seal_exp.data import DataSplits
 from seal_exp.plan import Plan, prepare
 from seal_exp.run import distributed, session
 from seal_exp.run import files as run_files
+from seal_exp.run.claim import JobRunning
 from seal_exp.run.distributed import Distributed
 from seal_exp.run.session import Job
 from seal_exp.seeding import seed_rank
@@ -47,6 +48,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plan = prepare(cfg)
     s = plan.settings
     dist = distributed.start(plan.launch, plan.device, s.dist_backend, s.dist_timeout_min)
+    job = None
     try:
         if not dist.is_main:  # rank 0 tracks, checkpoints and reports; the others train and say little
             plan.tracker = NoTracker()
@@ -62,6 +64,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             print(session.last_line(summary, job.out, plan.tracker.run_id), flush=True)
         return summary
     finally:
+        if job is not None and job.claim is not None:
+            job.claim.release()
         dist.close()
 
 
@@ -218,9 +222,15 @@ def _student_summary(
 def main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
+    except JobRunning as exc:  # the same job in another process: not a configuration mistake
+        print(f"seal-exp: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except ConfigError as exc:
         print(f"seal-exp: configuration error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second SIGINT / SIGTERM, or one outside training: the run is KILLED
+        print("seal-exp: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
     return summary.get("test_acc", summary.get("teacher_test_acc"))
 
 

@@ -262,7 +262,61 @@ def test_the_pre_timeout_signal_checkpoints_at_the_next_step_then_hands_over(
     assert run.info.status == "FINISHED"
 
 
-def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_checkpoint_mark_the_run_killed_and_exit_then_resume(
+    tmp_path, monkeypatch, reference, capsys, stop
+):
+    """What scancel, a container stop or Ctrl-C sends: the step finishes, last.pt holds it, the run is
+    KILLED, the process exits 128 + signal with one line; the same command resumes it exactly."""
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    calls = {"n": 0}
+    original = EpochTotals.add
+
+    def add(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), stop)  # arrives in the middle of step 5
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpochTotals, "add", add)
+    cfg = make_cfg(tmp_path, [*RUN, "trainer.checkpoint_every_steps=null"], output=tmp_path / "job")
+    before = signal.getsignal(stop)
+    with pytest.raises(SystemExit) as exited:
+        train(cfg)
+    assert exited.value.code == 128 + int(stop)
+    assert signal.getsignal(stop) == before  # the job's handler is gone with the job
+    assert f"stopped by {stop.name}" in capsys.readouterr().err
+    assert checkpoint.load(tmp_path / "job" / "last.pt")["global_step"] == 5
+    (run,) = student_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    monkeypatch.undo()
+    summary = train(cfg)
+    assert results(summary) == results(ref_summary)
+    (again,) = student_runs(tmp_path)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+
+
+def test_a_second_sigterm_stops_at_once_and_the_run_is_killed(tmp_path, monkeypatch, reference):
+    share_teacher(reference[0], tmp_path)
+    calls = {"n": 0}
+    original = EpochTotals.add
+
+    def add(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # impatient: do not wait for the step boundary
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpochTotals, "add", add)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tmp_path, RUN, output=tmp_path / "job"))
+    (run,) = student_runs(tmp_path)
+    assert run.info.status == "KILLED"
+
+
+def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch, capsys):
     overrides = ["dataset=digits", "debug=smoke"]
     first = train(make_cfg(tmp_path, overrides, output=tmp_path / "a"))
     monkeypatch.setattr("seal_exp.train.fit", lambda *a, **kw: pytest.fail("trained again"))
@@ -272,6 +326,13 @@ def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch)
     copied = json.loads((tmp_path / "b" / "summary.json").read_text())  # the new sweep folder is complete
     assert copied["test_acc"] == first["test_acc"] and copied["reused_run"] == first["mlflow_run_id"]
     assert len(student_runs(tmp_path)) == 1
+    assert again["trained_under_other_code"] is False
+    # finished under other code (a plot edited, or a loss): still skipped, and the line says so
+    store(tmp_path).set_tag(first["mlflow_run_id"], "seal.code", "0123456789ab")
+    capsys.readouterr()
+    other = train(make_cfg(tmp_path, overrides, output=tmp_path / "f"))
+    assert other["skipped"] is True and other["trained_under_other_code"] is True
+    assert "trained under other seal-exp code: source 0123456789ab" in capsys.readouterr().out
     # the earlier folder gone (cleaned up, another machine): the summary tracked with the run is reported
     shutil.rmtree(tmp_path / "a")
     gone = train(make_cfg(tmp_path, overrides, output=tmp_path / "e"))
@@ -286,3 +347,99 @@ def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch)
         client.delete_run(run.info.run_id)
     fresh = train(make_cfg(tmp_path, overrides, output=tmp_path / "d"))
     assert "skipped" not in fresh and fresh["test_acc"] == first["test_acc"]
+
+
+def test_a_last_pt_of_other_code_is_refused_unless_asked(tmp_path, monkeypatch, reference):
+    share_teacher(reference[0], tmp_path)
+    interrupt_at(monkeypatch, 3)
+    cfg = make_cfg(tmp_path, RUN, output=tmp_path / "job")
+    with pytest.raises(Interrupt):
+        train(cfg)
+    monkeypatch.undo()
+    last = tmp_path / "job" / "last.pt"
+    checkpoint.atomic_save(checkpoint.load(last) | {"code": "0123456789ab"}, last)  # code edited since
+    with pytest.raises(ConfigError, match=r"written by other seal-exp code .*resume_across_code_change=true"):
+        train(cfg)
+    summary = train(make_cfg(tmp_path, [*RUN, "resume_across_code_change=true"], output=tmp_path / "job"))
+    assert summary["epochs"] == 2 and checkpoint.load(last)["global_step"] == TOTAL_STEPS
+
+
+# ------------------------------------------------------------------- one owner, one run per job
+def test_a_second_launch_of_a_running_job_stops_before_reading_data(tmp_path, monkeypatch):
+    from seal_exp.run.claim import JobRunning, claim
+
+    cfg = make_cfg(tmp_path, ["dataset=digits", "debug=smoke"], output=tmp_path / "second")
+    held = claim(tmp_path / ".cache", job_identity(cfg), tmp_path / "first")  # the first launch, running
+    monkeypatch.setattr(EmbeddedImages, "load", lambda self: pytest.fail("data was read"))
+    try:
+        with pytest.raises(
+            JobRunning, match=rf"running already \(pid {os.getpid()} .*folder {tmp_path / 'first'}"
+        ):
+            train(cfg)
+    finally:
+        held.release()
+    assert student_runs(tmp_path) == []  # no second MLflow run, no files
+    assert not (tmp_path / "second").exists()
+
+
+def test_a_folder_with_another_jobs_results_is_refused(tmp_path):
+    train(make_cfg(tmp_path, ["dataset=digits", "debug=smoke", "tracking=none"], output=tmp_path / "job"))
+    other = make_cfg(
+        tmp_path, ["dataset=digits", "debug=smoke", "tracking=none", "seed=5"], output=tmp_path / "job"
+    )
+    with pytest.raises(ConfigError, match=r"holds the results of another job"):
+        train(other)
+
+
+def test_a_job_stopped_while_its_teacher_trains_continues_in_the_same_run_logging_each_point_once(
+    tmp_path, monkeypatch
+):
+    """No last.pt yet (the teacher was training): the restart reattaches the same MLflow run, the
+    teacher continues from its partial checkpoint, and every metric point is logged once."""
+    overrides = [
+        "dataset=digits",
+        "debug=smoke",
+        "teacher.recipe.epochs=3",
+        "teacher.recipe.limit_train_batches=2",
+    ]
+    cfg = make_cfg(tmp_path, overrides, output=tmp_path / "job")
+    calls = {"n": 0}
+    original = EpochTotals.add
+
+    def add(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the teacher's second epoch, first step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpochTotals, "add", add)
+    with pytest.raises(SystemExit):
+        train(cfg)
+    (run,) = student_runs(tmp_path)
+    assert run.info.status == "KILLED" and not (tmp_path / "job" / "last.pt").exists()
+    monkeypatch.undo()
+    train(cfg)
+    (again,) = student_runs(tmp_path)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    client = store(tmp_path)
+    for key in ("teacher/val/acc", "teacher/test/acc", "val/acc"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)) >= 1, (key, steps)
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "teacher/val/acc")) == [1, 2, 3]
+
+
+def test_a_truncated_last_pt_is_refused_and_its_run_closed_as_failed(tmp_path, monkeypatch, reference):
+    share_teacher(reference[0], tmp_path)
+    interrupt_at(monkeypatch, 3)
+    cfg = make_cfg(tmp_path, RUN, output=tmp_path / "job")
+    with pytest.raises(Interrupt):
+        train(cfg)
+    monkeypatch.undo()
+    last = tmp_path / "job" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])  # a disk that filled up, a copy cut short
+    (run,) = student_runs(tmp_path)
+    store(tmp_path).update_run(run.info.run_id, status="RUNNING")  # as a kill -9 leaves it
+    with pytest.raises(ConfigError, match=rf"cannot read {last}"):
+        train(cfg)
+    (run,) = student_runs(tmp_path)
+    assert run.info.status == "FAILED" and "cannot read" in run.data.tags["seal.failure"]

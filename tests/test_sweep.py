@@ -57,7 +57,10 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     client.delete_run(gone.info.run_id)
     assert statuses(first) == ["finished", "finished", "missing", "finished"]
     shown = run_cli(["status", str(first)], REPO, module="seal_exp.sweep")
-    assert shown.returncode == 0 and "4 jobs: 3 finished, 0 running, 0 failed, 1 missing" in shown.stdout
+    assert shown.returncode == 0
+    assert "4 jobs: 3 finished, 0 running, 0 dead, 0 failed, 1 missing" in shown.stdout
+    relaunch = "To do so: python -m seal_exp.train -m hydra/launcher=local distiller.alpha=0.3,0.6 seed=0,1"
+    assert relaunch in shown.stdout
     second = tmp_path / "sweep-2"
     proc = run_cli(["-m", *common, f"hydra.sweep.dir={second}"], REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -119,3 +122,33 @@ def test_status_of_a_folder_that_is_not_a_sweep_says_what_to_pass(tmp_path):
     proc = run_cli(["status", str(tmp_path)], REPO, module="seal_exp.sweep")
     assert proc.returncode == 2
     assert f"{tmp_path}: no multirun.yaml here" in proc.stderr and "multirun/<date>/<time>" in proc.stderr
+
+
+def test_a_running_job_that_no_process_holds_is_dead(tmp_path):
+    """A job killed without closing its run (kill -9, a lost node) still says RUNNING in the store; its
+    claim went with its process, so the status says dead and gives the command that resumes it."""
+    from omegaconf import OmegaConf
+
+    from seal_exp.run.claim import claim
+    from seal_exp.run.identity import job_identity
+    from tests.conftest import make_cfg
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    task = [f"paths.root={tmp_path}", *SMOKE, "seed=0,1"]
+    saved = {"hydra": {"overrides": {"task": task, "hydra": ["hydra/launcher=local"]}}}
+    OmegaConf.save(OmegaConf.create(saved), sweep / "multirun.yaml")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("seal-exp/digits")
+    identities = [job_identity(make_cfg(tmp_path, [*SMOKE, f"seed={seed}"])) for seed in (0, 1)]
+    for identity in identities:
+        client.create_run(experiment, tags={"seal.identity": identity, "output_dir": str(tmp_path)})
+    held = claim(tmp_path / ".cache", identities[1], tmp_path)  # job 1's process is alive
+    try:
+        jobs = sweep_status.status(sweep)
+    finally:
+        held.release()
+    assert [job.status for job in jobs] == ["dead", "running"]
+    table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
+    assert "2 jobs: 0 finished, 1 running, 1 dead, 0 failed, 0 missing" in table
+    assert f"To do so: python -m seal_exp.train -m hydra/launcher=local paths.root={tmp_path}" in table

@@ -58,7 +58,7 @@ def test_last_checkpoint_loads_with_weights_only(shared_root, tmp_path):
 
 def test_none_does_not_build_or_train_a_teacher(tmp_path):
     train(make_cfg(tmp_path, [*SMOKE, "distiller=none", "tracking=none"]))
-    assert not (tmp_path / ".cache").exists()
+    assert not (tmp_path / ".cache" / "teachers").exists()
 
 
 def test_teacher_is_trained_once_then_reused_from_the_cache(tmp_path):

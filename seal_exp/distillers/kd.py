@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss
 from seal_exp.distillers.divergence import kd_loss
 from seal_exp.distillers.hard_losses import mean_ce
@@ -25,6 +25,7 @@ class KD(Distiller):
         tau: float = 4.0,
         hard_loss: HardLoss = mean_ce,
     ) -> None:
+        require_finite(alpha=alpha, tau=tau)
         require(0 <= alpha <= 1, "alpha", alpha, "the KD weight must lie in [0, 1]")
         require(tau > 0, "tau", tau, "the temperature must be > 0")
         super().__init__(student, teacher, hard_loss)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss, last_stage
 from seal_exp.distillers.divergence import kd_loss
 from seal_exp.distillers.hard_losses import mean_ce
@@ -45,6 +45,7 @@ class KDSNN(Distiller):
         alpha_f: float = 1e-3,
         hard_loss: HardLoss = mean_ce,
     ) -> None:
+        require_finite(alpha=alpha, tau=tau, alpha_f=alpha_f)
         require(0 <= alpha <= 1, "alpha", alpha, "the KD weight must lie in [0, 1]")
         require(tau > 0, "tau", tau, "the temperature must be > 0")
         require(alpha_f >= 0, "alpha_f", alpha_f, "the feature weight must be >= 0")

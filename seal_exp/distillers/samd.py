@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss, last_stage
 from seal_exp.distillers.hard_losses import mean_ce
 
@@ -161,6 +161,7 @@ class _SamdNld(Distiller):
     use_nld: bool
 
     def _setup_samd(self, beta: float, map_tau: float, teacher_map: str, norm: str, t2_scale: bool) -> None:
+        require_finite(beta=beta, map_tau=map_tau)
         require(beta >= 0, "beta", beta, "the SAMD weight must be >= 0")
         require(map_tau > 0, "map_tau", map_tau, "the spatial temperature must be > 0")
         require(
@@ -172,6 +173,7 @@ class _SamdNld(Distiller):
         self.teacher_map, self.norm, self.t2_scale = teacher_map, norm, t2_scale
 
     def _setup_nld(self, gamma: float, tau: float, mode: str, w: float, lam: float) -> None:
+        require_finite(gamma=gamma, tau=tau, w=w, lam=lam)
         require(gamma >= 0, "gamma", gamma, "the NLD weight must be >= 0")
         require(tau > 0, "tau", tau, "the temperature must be > 0")
         require(mode in NLD_MODES, "mode", mode, f"choose {' or '.join(NLD_MODES)}")

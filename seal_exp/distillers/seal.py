@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss
 from seal_exp.distillers.divergence import tempered_kl
 from seal_exp.distillers.hard_losses import tet_ce
@@ -78,6 +78,7 @@ class SeAl(Distiller):
         tau: float = 3.0,
         hard_loss: HardLoss = tet_ce,
     ) -> None:
+        require_finite(alpha=alpha, beta=beta, tau=tau)
         require(alpha >= 0, "alpha", alpha, "the ELA weight must be >= 0")
         require(beta >= 0, "beta", beta, "the STA weight must be >= 0")
         require(tau > 0, "tau", tau, "the temperature must be > 0")

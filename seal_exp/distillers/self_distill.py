@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss
 from seal_exp.distillers.hard_losses import mean_ce
 
@@ -135,6 +135,7 @@ class SelfDistill(Distiller):
         scale_by_alpha_sq: bool = False,
         hard_loss: HardLoss = mean_ce,
     ) -> None:
+        require_finite(lam=lam, alpha_s=alpha_s)
         require(lam >= 0, "lam", lam, "the self-distillation weight must be >= 0")
         require(alpha_s > 0, "alpha_s", alpha_s, "the softening temperature must be > 0")
         require(direction in DIRECTIONS, "direction", direction, f"choose one of {', '.join(DIRECTIONS)}")

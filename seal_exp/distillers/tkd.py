@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss
 from seal_exp.distillers.divergence import kd_loss
 from seal_exp.distillers.hard_losses import tet_ce
@@ -65,6 +65,7 @@ class TKD(Distiller):
         self_teacher: str = "correct_mean",
         hard_loss: HardLoss = tet_ce,
     ) -> None:
+        require_finite(alpha=alpha, beta=beta, tau=tau)
         require(alpha >= 0, "alpha", alpha, "the teacher KD weight must be >= 0")
         require(beta >= 0, "beta", beta, "the self-teacher KD weight must be >= 0")
         require(tau > 0, "tau", tau, "the temperature must be > 0")

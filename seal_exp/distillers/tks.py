@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss
 from seal_exp.distillers.hard_losses import mean_ce
 from seal_exp.distillers.tkd import correct_step_logits
@@ -58,6 +58,7 @@ class TKS(Distiller):
         temper_student: bool = False,
         hard_loss: HardLoss = mean_ce,
     ) -> None:
+        require_finite(alpha=alpha, tau=tau)
         require(0 <= alpha <= 1, "alpha", alpha, "the final soft-loss share a must lie in [0, 1]")
         require(tau > 0, "tau", tau, "the temperature must be > 0")
         require(

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 from seal_exp.distillers.base import Distiller, HardLoss
 from seal_exp.distillers.hard_losses import tet_ce
 from seal_exp.distillers.tkd import per_timestep_kd
@@ -44,6 +44,7 @@ class TSER(Distiller):
         gamma: float = 0.1,
         hard_loss: HardLoss = tet_ce,
     ) -> None:
+        require_finite(alpha=alpha, tau=tau, gamma=gamma)
         require(0 <= alpha <= 1, "alpha", alpha, "the KD weight a must lie in [0, 1]")
         require(tau > 0, "tau", tau, "the temperature must be > 0")
         require(gamma >= 0, "gamma", gamma, "the entropy weight must be >= 0")

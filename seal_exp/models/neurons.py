@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from spikingjelly.activation_based import base, functional, neuron, surrogate
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 
 SurrogateFactory = Callable[[], surrogate.SurrogateFunctionBase]
 
@@ -25,6 +25,7 @@ def _reset_value(reset: str) -> float | None:
 
 
 def _check_common(v_threshold: float) -> None:
+    require_finite(v_threshold=v_threshold)
     require(v_threshold > 0, "v_threshold", v_threshold, "the firing threshold must be > 0")
 
 
@@ -127,12 +128,14 @@ class IF(Float32Membrane, neuron.IFNode):
 
 def rect(width: float = 1.0) -> surrogate.Rect:
     """Rectangular surrogate: gradient ``1/width`` on ``|H − V_th| < width/2``, 0 elsewhere."""
+    require_finite(width=width)
     require(width > 0, "width", width, "the window width must be > 0")
     return surrogate.Rect(alpha=1.0 / float(width))
 
 
 def triangle(gamma: float = 1.0) -> surrogate.PiecewiseQuadratic:
     """Triangular surrogate: gradient ``max(0, γ − |H − V_th|) / γ²`` (area 1, half-width γ)."""
+    require_finite(gamma=gamma)
     require(gamma > 0, "gamma", gamma, "the half-width must be > 0")
     return surrogate.PiecewiseQuadratic(alpha=1.0 / float(gamma))
 

@@ -20,6 +20,11 @@ from seal_exp.results.tables import markdown_table, metric_stats, num, pm, write
 from seal_exp.run.files import read_summary
 from seal_exp.tracking import attach, parent_run
 
+
+class ReportError(ValueError):
+    """A folder that holds no sweep to tabulate; ``python -m seal_exp.compare`` exits 2 with it."""
+
+
 ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png")
 ACCURACIES = ("test_acc", "test_acc_last", "best_test_acc_over_epochs")
 
@@ -184,9 +189,12 @@ def plot(path: Path, table: Sequence[dict[str, Any]], title: str) -> None:
 
 def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | None = None) -> str:
     """Tabulate a finished (or partly finished) sweep; write the files; attach them to the parent run."""
+    if not sweep_dir.is_dir():
+        problem = "not a folder" if sweep_dir.exists() else "no such folder"
+        raise ReportError(f"{sweep_dir}: {problem}; pass the sweep folder the comparison printed")
     rows = collect(sweep_dir)
     if not rows:
-        raise SystemExit(f"seal-exp: no finished job (no */summary.json) under {sweep_dir}")
+        raise ReportError(f"no finished job (no */summary.json) under {sweep_dir}")
     table = aggregate(rows, order)
     first = rows[0]
     context = (

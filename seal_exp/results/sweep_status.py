@@ -1,10 +1,12 @@
-"""Which jobs of a sweep are finished, running, failed or missing.
+"""Which jobs of a sweep are finished, running, dead, failed or missing.
 
 The jobs are the sweep's own: its overrides (``multirun.yaml``, written by Hydra when the sweep started)
 are expanded as Hydra's basic sweeper does, each job's config is composed from ``conf/`` and its
 identity (:mod:`seal_exp.run.identity`) is looked up in the tracking store. So the status counts runs made
 by any launch of the same sweep command, in whatever folder: relaunching the command trains exactly
-the jobs shown as failed, running-but-dead or missing. ``python -m seal_exp.sweep status`` prints it.
+the jobs shown as dead, failed or missing. A job is *dead* when its run is still RUNNING in the store but
+no process holds its claim (:mod:`seal_exp.run.claim`): it was killed without a chance to close its run.
+``python -m seal_exp.sweep status`` prints it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from omegaconf import OmegaConf
 
 from seal_exp.config import CONF_DIR
 from seal_exp.run import checkpoint
-from seal_exp.run.identity import job_identity
+from seal_exp.run.claim import is_held
+from seal_exp.run.identity import CODE_TAG, code_version, job_identity
 from seal_exp.tracking import TRACKING_URI_FILE, MLflowTracker
 
 STATUS_OF_RUN = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running"}
@@ -34,6 +37,7 @@ class Job:
     num: int
     overrides: list[str]
     identity: str
+    cache: str = ""  # the job's paths.cache, where its claim lives
     status: str = "missing"
     run_id: str | None = None
     progress: str = ""
@@ -76,10 +80,10 @@ def status(sweep_dir: Path) -> list[Job]:
                 cfg = compose("train", overrides=job_overrides)
             except Exception as exc:
                 raise SweepError(f"job {num} ({' '.join(job_overrides)}) does not compose: {exc}") from exc
-            jobs.append(Job(num, job_overrides, job_identity(cfg)))
+            jobs.append(Job(num, job_overrides, job_identity(cfg), str(cfg.paths.cache)))
             if "MLflowTracker" in str(cfg.tracking.get("_target_", "")):
                 where = (sweep_uri or str(cfg.tracking.uri), str(cfg.tracking.experiment))
-                stores.append(trackers.setdefault(where, MLflowTracker(*where)))
+                stores.append(trackers.setdefault(where, MLflowTracker(*where, writable=False)))
             else:
                 stores.append(None)
     for job, tracker in zip(jobs, stores, strict=True):
@@ -91,6 +95,11 @@ def status(sweep_dir: Path) -> list[Job]:
             job.status = STATUS_OF_RUN.get(latest.info.status, "failed")
             job.run_id = latest.info.run_id
             job.folder = latest.data.tags.get("output_dir", "")
+            if job.status == "running" and not is_held(job.cache, job.identity):
+                job.status = "dead"
+            code = latest.data.tags.get(CODE_TAG)
+            if job.status == "finished" and code not in (None, code_version()):
+                job.progress = f"trained under other code (source {code}, now {code_version()})"
         elif tracker is None and (folder / "summary.json").is_file():  # tracking=none: only the folder
             job.status, job.folder = "finished", str(folder)
         elif tracker is None and folder.is_dir():
@@ -105,7 +114,14 @@ def status(sweep_dir: Path) -> list[Job]:
     return jobs
 
 
-def format_table(jobs: list[Job]) -> str:
+def relaunch_command(sweep_dir: Path) -> str:
+    """The command that relaunched trains the sweep's dead, failed and missing jobs (and skips the rest)."""
+    overrides, config = sweep_overrides(sweep_dir)
+    launcher = [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra/launcher=")]
+    return " ".join(["python -m seal_exp.train -m", *launcher, *overrides])
+
+
+def format_table(jobs: list[Job], relaunch: str | None = None) -> str:
     """The jobs as a Markdown table, then the counts per status and what relaunching the sweep would do."""
     lines = ["| job | overrides | status | MLflow run | checkpoint | folder |", "|---|---|---|---|---|---|"]
     for job in jobs:
@@ -117,8 +133,10 @@ def format_table(jobs: list[Job]) -> str:
     lines.append("")
     lines.append(
         f"{len(jobs)} jobs: "
-        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "running", "failed", "missing"))
-        + ". Relaunching the sweep command trains the failed and missing ones (and resumes interrupted "
-        "ones from their last.pt); a job killed without a chance to close its run shows as running."
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "running", "dead", "failed", "missing"))
+        + ". Relaunching the sweep command trains the failed and missing ones and resumes the dead ones "
+        "from their last.pt (dead: its run says RUNNING but no process holds the job)."
     )
+    if relaunch and any(job.status in ("dead", "failed", "missing") for job in jobs):
+        lines.append(f"To do so: {relaunch}")
     return "\n".join(lines)

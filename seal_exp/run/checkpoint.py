@@ -12,12 +12,35 @@ import numpy as np
 import torch
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``).
+
+    ``os.umask`` can only read it by setting it, which for that instant gives files another thread
+    creates the wrong mode; that fallback is left for systems without ``/proc``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` next to ``path`` then rename it into place: a reader sees the old file or the new one."""
+    """Write ``obj`` next to ``path`` then rename it into place: a reader sees the old file or the new one.
+
+    The file gets the mode a plain ``open()`` would give it (0o666 less the umask), not ``mkstemp``'s
+    0o600, so a group sharing checkpoints or the teacher cache can read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

@@ -12,8 +12,10 @@ module leaves every identity and teacher cache key as it was.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -26,6 +28,7 @@ EXCLUDED = (
     "paths",
     "tracking",
     "resume",
+    "resume_across_code_change",
     "skip_finished",
     "dataset.root",
     "teacher.cache_dir",
@@ -98,3 +101,21 @@ def config_differences(before: dict[str, str], now: dict[str, str]) -> list[str]
         for k in sorted(before.keys() | now.keys())
         if before.get(k, missing) != now.get(k, missing)
     ]
+
+
+CODE_TAG = "seal.code"  # the MLflow tag (and last.pt key) holding :func:`code_version`
+
+
+@functools.cache
+def code_version() -> str:
+    """A 12-hex-digit hash of the package's Python sources, so an uncommitted edit counts too.
+
+    Not part of the identity (editing a plot must not retrain a sweep): recorded on every run and in
+    every ``last.pt``, so a resume across a code change is refused unless asked for, and a job skipped
+    as finished under other code says so.
+    """
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]

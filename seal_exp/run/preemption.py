@@ -6,6 +6,10 @@ at once. Stopping mid-step would lose the step, so :func:`deferred` records the 
 training loop notices it at the next step boundary, writes ``last.pt`` and raises :class:`Preempted`, and
 :meth:`Guard.hand_over` then calls submitit's handler, which requeues the job (and exits). Outside
 submitit the process exits after the checkpoint; the next start resumes from it.
+
+SIGTERM (``scancel``, a container stop, ``kill``) and SIGINT (Ctrl-C) stop the job the same way: a
+checkpoint at the next step boundary, the tracked run marked KILLED, and an exit with 128 + the signal
+number and a one-line message. A second one stops at once (as KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -35,12 +39,27 @@ class Preempted(RuntimeError):
     """Training stopped at a step boundary after the pre-timeout signal; ``last.pt`` is written."""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class Guard:
-    """Records the signal; :meth:`hand_over` gives it to whatever handled it before (submitit)."""
+    """Records the signals; :meth:`hand_over` gives the pre-timeout one to whoever handled it before
+    (submitit), and :attr:`stop_signal` says the job was asked to stop (SIGTERM, SIGINT)."""
 
     def __init__(self, signum: signal.Signals, previous: Any) -> None:
         self.signum, self.previous = signum, previous
         self.received_at: float | None = None
+        self.stop_signal: signal.Signals | None = None
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None:  # asked twice: stop now
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+        self.stop_signal = signal.Signals(signum)
+        log.warning(
+            "received %s: saving a checkpoint at the next step boundary, then stopping "
+            "(send it again to stop at once)",
+            self.stop_signal.name,
+        )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.received_at is None:
@@ -51,7 +70,7 @@ class Guard:
             )
 
     def requested(self) -> bool:
-        return self.received_at is not None
+        return self.received_at is not None or self.stop_signal is not None
 
     def hand_over(self, wait_for_requeue: bool = False) -> None:
         """After the checkpoint: let submitit requeue the job, or exit when no one else handles it.
@@ -72,6 +91,7 @@ class _NoGuard:
     """Where no handler can be installed (not the main thread): nothing is ever requested."""
 
     received_at = None
+    stop_signal = None
 
     def requested(self) -> bool:
         return False
@@ -93,8 +113,15 @@ def deferred() -> Iterator[Guard | _NoGuard]:
         return
     guard = Guard(signum, previous)
     signal.signal(signum, guard._on_signal)
+    # a signal someone chose to ignore (nohup, a background job's SIGINT) stays ignored
+    stops = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
+    for stop in stops:
+        signal.signal(stop, guard._on_stop)
     try:
         yield guard
     finally:
         if signal.getsignal(signum) == guard._on_signal:
             signal.signal(signum, previous)
+        for stop, before in stops.items():
+            if signal.getsignal(stop) == guard._on_stop:
+                signal.signal(stop, before)

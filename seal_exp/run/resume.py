@@ -19,7 +19,7 @@ from torch import nn
 from seal_exp.config import ConfigError
 from seal_exp.run import checkpoint
 from seal_exp.run.distributed import Distributed
-from seal_exp.run.identity import config_differences
+from seal_exp.run.identity import code_version, config_differences
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,24 @@ def resume_point(
     if not path.is_file():
         return None, None
     state = read_last(path, identity_cfg)
+    _check_code(path, state, bool(cfg.resume_across_code_change))
     log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["global_step"])
     return path, state
+
+
+def _check_code(path: Path, state: dict[str, Any], across: bool) -> None:
+    """Refuse a ``last.pt`` written by other code unless ``resume_across_code_change``: one result would
+    mix two versions of the method."""
+    written, now = state.get("code"), code_version()
+    if written in (None, now):
+        return
+    if not across:
+        raise ConfigError(
+            f"{path} was written by other seal-exp code (source {written}, now {now}): resuming would mix "
+            "two versions in one result. Set resume_across_code_change=true to continue it anyway, or give "
+            "the run another folder (hydra.run.dir=...) to start afresh."
+        )
+    log.warning("resuming %s across a code change (source %s, now %s)", path, written, now)
 
 
 def read_last(path: Path, identity_cfg: dict[str, str]) -> dict[str, Any]:

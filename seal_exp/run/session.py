@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import tempfile
 import time
 import traceback
@@ -19,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from seal_exp.config import ConfigError, flatten
 from seal_exp.run import checkpoint, preemption
 from seal_exp.run import files as run_files
+from seal_exp.run.claim import Claim, claim
 from seal_exp.run.distributed import Distributed
-from seal_exp.run.identity import identity_config, job_identity
+from seal_exp.run.identity import CODE_TAG, code_version, identity_config, job_identity
 from seal_exp.run.preemption import Preempted
 from seal_exp.run.resume import resume_point
 from seal_exp.tracking import IDENTITY_TAG, download_summary, git_tags, job_context
@@ -38,6 +40,8 @@ class Job:
     started: float  # perf_counter at the start of this attempt
     resume: dict[str, Any] | None = None  # the loaded last.pt this attempt continues
     finished: dict[str, Any] | None = None  # skip_finished: the summary of an earlier FINISHED run
+    reattach: str | None = None  # an interrupted run of this job with no last.pt (it died in the teacher)
+    claim: Claim | None = None  # rank 0's hold on the job: no second process runs it meanwhile
 
     def wall_s(self) -> float:
         """Seconds spent on the job over all its attempts."""
@@ -56,30 +60,63 @@ def open_job(cfg: DictConfig, tracker: Any, dist: Distributed, started: float) -
     decision: dict[str, Any] = {}
     if dist.is_main:
         try:
+            job.claim = _claim(cfg, job)
             decision = _decide(cfg, tracker, job)
         except Exception as exc:
+            if job.claim is not None:
+                job.claim.release()
             dist.share({"error": str(exc), "config": isinstance(exc, ConfigError)})
             raise
     decision = dist.share(decision)  # skip, resume and refusals are decided once, by rank 0
     if "error" in decision:
         message = f"rank 0 stopped the run: {decision['error']}"
         raise ConfigError(message) if decision["config"] else RuntimeError(message)
-    job.finished = decision.get("finished")
+    job.finished, job.reattach = decision.get("finished"), decision.get("reattach")
     if job.resume is None and decision.get("resume_from"):
         job.resume = checkpoint.load(decision["resume_from"])
     return job
 
 
+def _claim(cfg: DictConfig, job: Job) -> Claim:
+    """Take the job's claim and check that its folder holds no other job's results."""
+    summary = job.out / "summary.json"
+    if summary.is_file():
+        theirs = run_files.read_summary(summary).get("identity")
+        if theirs not in (None, job.identity):
+            raise ConfigError(
+                f"{job.out} holds the results of another job (identity {theirs}, this one {job.identity}): "
+                "give this run its own folder (hydra.run.dir=... / hydra.sweep.dir=...)."
+            )
+    try:
+        return claim(cfg.paths.cache, job.identity, job.out)
+    except OSError as exc:
+        raise ConfigError(
+            f"paths.cache={cfg.paths.cache}: cannot hold the job's claim there ({exc}); point paths.cache "
+            "at a writable folder."
+        ) from exc
+
+
 def _decide(cfg: DictConfig, tracker: Any, job: Job) -> dict[str, Any]:
-    """Rank 0: an earlier FINISHED run of this job (skip_finished), or the last.pt to resume from."""
+    """Rank 0: an earlier FINISHED run of this job (skip_finished), or what to continue: a last.pt,
+    else an interrupted run of this job to reattach to (it died before its first last.pt)."""
     if cfg.stage != "distill":
         return {"resume_from": None}
     earlier = tracker.find_runs(job.identity)
     finished = next((r for r in earlier if r.info.status == "FINISHED"), None)
     if cfg.skip_finished and finished is not None:
         return {"finished": _already_finished(finished, tracker, job)}
-    path, job.resume = resume_point(cfg, job.out, job.identity_cfg, earlier)
-    return {"resume_from": str(path) if path else None}
+    try:
+        path, job.resume = resume_point(cfg, job.out, job.identity_cfg, earlier)
+    except ConfigError as exc:  # a last.pt of this job that cannot be continued: its run ends FAILED
+        for run in earlier:
+            folder = Path(run.data.tags.get("output_dir", ""))
+            if run.info.status == "RUNNING" and folder == job.out.resolve():
+                tracker.mark_failed(run.info.run_id, str(exc))
+        raise
+    if path is not None:
+        return {"resume_from": str(path)}
+    interrupted = next((r for r in earlier if r.info.status in ("RUNNING", "KILLED")), None)
+    return {"resume_from": None, "reattach": interrupted.info.run_id if interrupted and cfg.resume else None}
 
 
 def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
@@ -95,9 +132,13 @@ def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
         job.out.mkdir(parents=True, exist_ok=True)
         run_files.write_summary(job.out / "summary.json", summary)
     acc = summary.get("test_acc")
+    code = run.data.tags.get(CODE_TAG)
+    other_code = code not in (None, code_version())
+    summary["trained_under_other_code"] = other_code
     print(
         f"already finished: MLflow run {run.info.run_id} (identity {job.identity}, folder {earlier_out}"
         + (f", test accuracy {acc:.2f}%" if acc is not None else "")
+        + (f"; trained under other seal-exp code: source {code}, now {code_version()}" if other_code else "")
         + "); nothing to train. Pass skip_finished=false to train it again.",
         flush=True,
     )
@@ -115,11 +156,12 @@ def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags:
         **tags,
         "output_dir": str(job.out.resolve()),
         IDENTITY_TAG: job.identity,
+        CODE_TAG: code_version(),
         **git_tags(),
         **context["tags"],
     }
     params = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
-    run_id = job.resume.get("mlflow_run_id") if job.resume else None
+    run_id = job.resume.get("mlflow_run_id") if job.resume else job.reattach
     if not (run_id and tracker.reattach(run_id, tags)):
         tracker.start(run_name, params, tags, context["parent_run_id"])
 
@@ -129,6 +171,7 @@ def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
     return {
         "config": job.identity_cfg,
         "identity": job.identity,
+        "code": code_version(),
         "mlflow_run_id": tracker.run_id,
         "wall_s": job.wall_s(),
     }
@@ -143,6 +186,14 @@ def tracked(tracker: Any, job: Job, dist: Distributed) -> Iterator[Callable[[], 
             tracker.log_artifact(job.out / ".hydra", ".hydra")
             yield guard.requested
         except Preempted as exc:
+            if guard.stop_signal is not None:  # SIGTERM / SIGINT: stop here, the same command resumes
+                _close(tracker, "KILLED")
+                print(
+                    f"seal-exp: stopped by {guard.stop_signal.name}: {exc}; run the same command to resume.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(128 + int(guard.stop_signal)) from None
             log.warning("%s; handing over to the scheduler (the next start resumes from it)", exc)
             _close(tracker, "KILLED")
             # submitit's other tasks wait for the requeue to stop them, as submitit itself does

@@ -125,8 +125,55 @@ def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dic
             + "\nPoint teacher.checkpoint at a teacher trained for this dataset and architecture, or set "
             "teacher.checkpoint=null to train one (it is cached for later runs)."
         )
-    teacher.load_state_dict(record["state_dict"])
+    _load_weights(teacher, record.get("state_dict"), key, source.path)
     return {k: v for k, v in record.items() if k != "state_dict"}
+
+
+def _load_weights(teacher: nn.Module, state: Any, key: str, path: Path) -> None:
+    """Load the checkpoint's weights; weights that do not fit ``teacher.model`` (a record that says one
+    thing and weights that hold another) are refused with the keys and shapes that differ."""
+    if not isinstance(state, dict):
+        raise ConfigError(
+            f"{key}: {path} holds no state_dict. Teachers come from `python -m seal_exp.train stage=teacher`."
+        )
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as exc:
+        differences = _weight_mismatch(teacher, state) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{key}: the weights in {path} do not fit teacher.model ({differences}). "
+            + _weights_advice(key, path)
+        ) from exc
+
+
+def _weight_mismatch(teacher: nn.Module, state: dict[str, Any], shown: int = 3) -> str:
+    """The first few differently shaped, missing and unexpected weights, for a one-line message."""
+    own = teacher.state_dict()
+    shape = {k: list(getattr(v, "shape", ())) for k, v in state.items()}
+    groups = {
+        "shapes differ": [
+            f"{k} is {shape[k]} in the file, {list(v.shape)} in the model"
+            for k, v in own.items()
+            if k in shape and shape[k] != list(v.shape)
+        ],
+        "missing in the file": [k for k in own if k not in state],
+        "not in the model": [k for k in state if k not in own],
+    }
+    return "; ".join(
+        f"{what}: {', '.join(items[:shown])}"
+        + (f" and {len(items) - shown} more" if len(items) > shown else "")
+        for what, items in groups.items()
+        if items
+    )
+
+
+def _weights_advice(key: str, path: Path) -> str:
+    if key == "teacher.checkpoint":
+        return (
+            "Point teacher.checkpoint at a teacher trained with this teacher.model "
+            "(`python -m seal_exp.train stage=teacher ...`), or set teacher.checkpoint=null to train one."
+        )
+    return f"Delete {path} so the teacher is trained again."
 
 
 def save(teacher: nn.Module, path: Path, cfg: DictConfig, **accuracy: Any) -> dict[str, Any]:

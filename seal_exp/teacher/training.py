@@ -76,7 +76,8 @@ class TeacherStage:
                 teacher.record["data_split_id"],
                 self.data.split_id,
             )
-        plan.tracker.log_metrics({"teacher/test/acc": test_acc}, step=0)
+        if not plan.tracker.has_metric("teacher/test/acc"):  # once per run, over any number of restarts
+            plan.tracker.log_metrics({"teacher/test/acc": test_acc}, step=0)
         origin = "trained" if teacher.training is not None else teacher.source.origin
         log.info("teacher (%s) test accuracy %.2f%%", origin, test_acc)
         checkpoint_path = str(teacher.source.path)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from seal_exp.config import require
+from seal_exp.config import require, require_finite
 
 
 def sgd(
@@ -22,6 +22,7 @@ def sgd(
 
     ``decay_all_params`` decays every parameter instead, as the ANN-teacher recipes of the papers do.
     """
+    require_finite(lr=lr, momentum=momentum, weight_decay=weight_decay)
     require(lr > 0, "lr", lr, "the learning rate must be > 0")
     require(0 <= momentum < 1, "momentum", momentum, "must lie in [0, 1)")
     require(weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0")
@@ -53,5 +54,6 @@ def step_decay(
         step_size,
         "the number of epochs between decays must be an integer >= 1",
     )
+    require_finite(gamma=gamma)
     require(gamma > 0, "gamma", gamma, "the decay factor must be > 0 (0.1: ten times smaller)")
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=float(gamma))

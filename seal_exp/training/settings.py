@@ -9,8 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
-from seal_exp.config import require
+from seal_exp.config import invalid, require, require_finite
 from seal_exp.models.speed import COMPILE_TARGETS, PRECISIONS
+
+
+def _is_count(value: object) -> bool:
+    """An integer >= 1 (not a bool, not a float: a batch of 1.5 fails only once the loader is built)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,12 @@ class LoopSettings:
             self.epochs,
             "use an integer >= 1 (0 only for a teacher whose pretrained weights are used as they are)",
         )
-        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+        for name in ("batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            require(_is_count(value), name, value, "use an integer >= 1")
         for name in ("limit_train_batches", "limit_eval_batches"):
             value = getattr(self, name)
-            require(value is None or value >= 1, name, value, "use null for no limit, or a count >= 1")
+            require(value is None or _is_count(value), name, value, "use null for no limit, or a count >= 1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class TrainerSettings(LoopSettings):
             self.dist_backend,
             "use auto (nccl on GPUs, gloo on CPUs), nccl or gloo",
         )
+        require_finite(dist_timeout_min=self.dist_timeout_min)
         require(self.dist_timeout_min > 0, "dist_timeout_min", self.dist_timeout_min, "must be > 0 minutes")
         require(
             self.precision in PRECISIONS,
@@ -105,7 +112,8 @@ class TrainerSettings(LoopSettings):
         )
         require(self.epochs >= 1, "epochs", self.epochs, "train the student for at least one epoch")
         require(
-            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            isinstance(self.device, str)
+            and (self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps")),
             "device",
             self.device,
             "use auto, cpu, cuda or cuda:N",
@@ -122,13 +130,27 @@ class TrainerSettings(LoopSettings):
             self.pin_memory,
             "use auto (pinned when CUDA is present), true or false",
         )
-        require(self.progress_every >= 1, "progress_every", self.progress_every, "must be >= 1")
+        require(_is_count(self.progress_every), "progress_every", self.progress_every, "use an integer >= 1")
 
     def resolve_device(self) -> torch.device:
+        """The device to run on; one this machine lacks is refused now, before any data is read."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"trainer.device={self.device} but CUDA is not available; use trainer.device=auto"
-            )
+        kind, _, index = self.device.partition(":")
+        fallback = "use trainer.device=auto (CUDA when present, else the CPU) or trainer.device=cpu"
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise invalid(
+                    "trainer.device", self.device, f"CUDA is not available on this machine: {fallback}"
+                )
+            count = torch.cuda.device_count()
+            if index and not (index.isdigit() and int(index) < count):
+                raise invalid(
+                    "trainer.device",
+                    self.device,
+                    f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}: pick one of them, "
+                    "or use trainer.device=cuda",
+                )
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise invalid("trainer.device", self.device, f"MPS is not available on this machine: {fallback}")
         return torch.device(self.device)

@@ -1,0 +1,310 @@
+"""The tracking store never breaks, and a tracked run always ends FINISHED, FAILED or KILLED.
+
+Parallel starts on a fresh SQLite store, failing artifact uploads, wrong or unreachable URIs, read-only
+store folders, a busy database; plus the bookkeeping the job needs (has_metric, mark_failed) and the
+file mode of checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from seal_exp import tracking
+from seal_exp.config import ConfigError, InvalidArgument, build
+from seal_exp.run import checkpoint
+from seal_exp.tracking import FAILURE_TAG, NOTE_TAG, MLflowTracker, NoTracker
+from tests.conftest import REPO, SMOKE, make_cfg, run_cli
+
+JOBS = 4
+
+# Imports first, then waits for the "go" file, so the jobs hit the fresh store at the same instant.
+# Even jobs open a sweep parent (MLflowSweepCallback's path), odd ones a job run: both create the store.
+JOB = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from seal_exp.tracking import MLflowTracker
+    import mlflow.tracking
+
+    uri, job, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    Path(f"{go}.ready{job}").touch()
+    while not go.exists():
+        time.sleep(0.005)
+    tracker = MLflowTracker(uri, "faults")
+    if job % 2:
+        tracker.start(f"job {job}", {"job": str(job)}, {"job": str(job)})
+    else:
+        tracker.run_id = tracker.open_parent(f"sweep {job}", {"job": str(job)})
+    tracker.log_metrics({"m": float(job)}, step=1)
+    tracker.finish("FINISHED")
+    """
+)
+
+
+@pytest.mark.slow
+def test_parallel_starts_on_a_fresh_store_all_finish(tmp_path):
+    """Without the store lock MLflow's migrations race ("table _alembic_tmp_... already exists",
+    "duplicate column name: step") and can leave the store unusable: 5 of 5 trials failed so."""
+    uri, go = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", JOB, uri, str(job), str(go)], cwd=REPO, stderr=subprocess.PIPE
+        )
+        for job in range(JOBS)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.ready*"))) < JOBS and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert sorted(r.data.tags["job"] for r in runs) == [str(j) for j in range(JOBS)]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    after = MLflowTracker(uri, "faults")  # the store is still usable
+    after.start("after", {}, {})
+    after.finish("FINISHED")
+    assert client.get_run(after.run_id).info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for this module's in-process tests (creating one costs seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+def _tracker(store: str, request: pytest.FixtureRequest) -> MLflowTracker:
+    return MLflowTracker(store, request.node.name)
+
+
+def test_failed_run_is_failed_even_when_its_traceback_cannot_be_uploaded(store, request, monkeypatch, caplog):
+    tracker = _tracker(store, request)
+    tracker.start("run", {"a": "1"}, {})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "/read-only/artifacts")
+
+    monkeypatch.setattr(tracker.client, "log_text", refuse)
+    with caplog.at_level(logging.WARNING, logger="seal_exp.tracking"):
+        tracker.finish("FAILED", "Traceback (most recent call last):\nRuntimeError: boom")
+    run = MlflowClient(store).get_run(tracker.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].endswith("RuntimeError: boom")
+    assert "traceback was not attached" in caplog.text
+
+
+def test_artifact_failures_never_fail_the_run_and_warn_once(store, request, monkeypatch, caplog, tmp_path):
+    tracker = _tracker(store, request)
+    tracker.start("run", {}, {})
+    calls: list[str] = []
+
+    def refuse(run_id: str, path: str, artifact_path: str | None = None) -> None:
+        calls.append(path)
+        raise PermissionError(13, "Permission denied", "/read-only/artifacts")
+
+    monkeypatch.setattr(tracker.client, "log_artifact", refuse)
+    monkeypatch.setattr(tracker.client, "log_artifacts", refuse)
+    monkeypatch.setattr(tracker.client, "log_text", refuse)
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / ".hydra").mkdir()
+    with caplog.at_level(logging.WARNING, logger="seal_exp.tracking"):
+        tracker.log_artifact(tmp_path / ".hydra", ".hydra")
+        tracker.log_artifact(tmp_path / "summary.json")
+        tracker.finish("FAILED", "Traceback: boom")
+    assert len(calls) == 1  # after the first failure the run's uploads are skipped, not each retried
+    assert caplog.text.count("could not attach") == 1
+    assert MlflowClient(store).get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_artifacts_are_uploaded_when_the_store_works(store, request, tmp_path):
+    tracker = _tracker(store, request)
+    tracker.start("run", {}, {})
+    (tmp_path / "summary.json").write_text("{}")
+    tracker.log_artifact(tmp_path / "summary.json")
+    tracker.log_artifact(tmp_path / "missing.png")  # a file the run did not write: nothing to attach
+    tracker.finish("FAILED", "Traceback: boom")
+    client = MlflowClient(store)
+    assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"summary.json", "traceback.txt"}
+    assert client.get_run(tracker.run_id).info.status == "FAILED"
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "s3://bucket/mlflow", "mlflow.db"])
+def test_unknown_or_relative_tracking_uri_is_refused_when_built(tmp_path, uri):
+    cfg = make_cfg(tmp_path, [f"tracking.uri={uri}"])
+    with pytest.raises(ConfigError) as info:
+        build(cfg.tracking, "tracking")
+    message = str(info.value)
+    assert message.startswith(f"tracking.uri={uri!r} is invalid")
+    if "://" in uri:
+        assert "sqlite:////abs/path/mlflow.db" in message and "http(s)://" in message
+        assert "databricks" in message
+    else:
+        assert "absolute" in message
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:////tmp/x/mlflow.db",
+        "/tmp/x/mlruns",
+        "file:///tmp/x/mlruns",
+        "http://login1:5000",
+        "https://mlflow.example.org",
+        "databricks",
+        "databricks://profile",
+        "postgresql+psycopg2://user@db/mlflow",
+        "mysql://user@db/mlflow",
+    ],
+)
+def test_accepted_tracking_uris_build_without_contacting_the_store(uri):
+    tracker = MLflowTracker(uri, "e", writable=False)
+    assert tracker._client is None
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_in_seconds_naming_the_key(tmp_path):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    tracker = build(
+        make_cfg(tmp_path, ["tracking=mlflow_server", f"tracking.uri={uri}"]).tracking, "tracking"
+    )
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        tracker.find_runs("identity")
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert message.startswith(f"tracking.uri={uri!r} is invalid: no MLflow tracking server there")
+    assert "mlflow server" in message and "tracking=mlflow" in message
+
+
+@pytest.mark.slow
+def test_unreachable_server_stops_the_cli_with_a_configuration_error(tmp_path):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    proc = run_cli(
+        [*SMOKE, f"paths.root={tmp_path}", "tracking=mlflow_server", f"tracking.uri={uri}"],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"seal-exp: configuration error: tracking.uri={uri!r} is invalid"), last
+    assert time.monotonic() - started < 60
+    assert not list(tmp_path.glob("outputs/*/*/summary.json"))
+
+
+def test_read_only_store_folder_is_refused_up_front(tmp_path, monkeypatch):
+    """Tests run as root, where chmod does not stop writes: ``os.access`` stands in for the mount."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        tracking.os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode)
+    )
+    for uri in (f"sqlite:///{folder}/mlflow.db", f"sqlite:///{folder}/sub/mlflow.db", str(folder / "mlruns")):
+        cfg = make_cfg(tmp_path, [f"tracking.uri={uri}"])
+        with pytest.raises(ConfigError) as info:
+            build(cfg.tracking, "tracking")
+        assert f"{folder} cannot be written" in str(info.value)
+        assert str(info.value).startswith(f"tracking.uri={uri!r} is invalid")
+    MLflowTracker(f"sqlite:///{folder}/mlflow.db", "e", writable=False)  # only read: fine
+
+
+def test_read_only_store_file_is_refused_up_front(tmp_path, monkeypatch):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    real_access = os.access
+    monkeypatch.setattr(
+        tracking.os, "access", lambda p, mode: False if Path(p) == db else real_access(p, mode)
+    )
+    with pytest.raises(InvalidArgument, match=f"{db} cannot be written"):
+        MLflowTracker(f"sqlite:///{db}", "e")
+
+
+def test_a_busy_database_is_retried_and_other_errors_are_not(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    attempts: list[int] = []
+
+    def locked_twice() -> str:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            try:
+                raise sqlite3.OperationalError("database is locked")
+            except sqlite3.OperationalError as exc:  # as MLflow's SQLAlchemy store wraps it
+                raise MlflowException(f"(sqlite3.OperationalError) {exc}") from exc
+        return "logged"
+
+    assert tracking._retrying(locked_twice) == "logged" and len(attempts) == 3
+
+    def broken() -> None:
+        attempts.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run 'x' not found")
+
+    attempts.clear()
+    with pytest.raises(MlflowException, match="not found"):
+        tracking._retrying(broken)
+    assert len(attempts) == 1
+
+
+def test_has_metric_sees_what_the_run_logged_over_its_attempts(store, request):
+    assert NoTracker().has_metric("teacher/test/acc") is False
+    tracker = _tracker(store, request)
+    assert tracker.has_metric("teacher/test/acc") is False  # no active run
+    tracker.start("run", {}, {})
+    assert tracker.has_metric("teacher/test/acc") is False
+    tracker.log_metrics({"teacher/test/acc": 91.5}, step=0)
+    assert tracker.has_metric("teacher/test/acc") and not tracker.has_metric("student/test/acc")
+    resumed = _tracker(store, request)  # the next attempt of the job reattaches to the same run
+    assert resumed.reattach(tracker.run_id, {})
+    assert resumed.has_metric("teacher/test/acc")
+
+
+def test_mark_failed_closes_another_run_with_its_reason(store, request):
+    assert NoTracker().mark_failed("abc", "why") is False
+    interrupted = _tracker(store, request)
+    interrupted.start("interrupted", {}, {})  # left RUNNING, as a killed job leaves it
+    tracker = _tracker(store, request)
+    tracker.start("current", {}, {})
+    reason = "last.pt refused: it was written by another job identity"
+    assert tracker.mark_failed(interrupted.run_id, reason)
+    client = MlflowClient(store)
+    failed = client.get_run(interrupted.run_id)
+    assert failed.info.status == "FAILED" and failed.info.end_time is not None
+    assert failed.data.tags[FAILURE_TAG] == reason and reason in failed.data.tags[NOTE_TAG]
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"  # the active run is untouched
+    assert tracker.mark_failed("0" * 32, reason) is False  # no such run
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_checkpoints_get_the_mode_a_plain_open_would(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert checkpoint.current_umask() == umask
+        path = checkpoint.atomic_save({"w": torch.zeros(2)}, tmp_path / "sub" / "last.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert torch.equal(checkpoint.load(path)["w"], torch.zeros(2))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
