@@ -319,15 +319,20 @@ class MLflowTracker:
             )
         )
 
-    def reattach(self, run_id: str, tags: dict[str, str]) -> bool:
-        """Continue an interrupted run (a resumed job): RUNNING again, tags refreshed; False if it is gone."""
+    def _active_run(self, run_id: str) -> Any:
+        """The run with this id, or None if it does not exist or is deleted."""
         from mlflow.exceptions import MlflowException
 
         try:
             run = _retrying(self.client.get_run, run_id)
         except MlflowException:
-            return False
-        if run.info.lifecycle_stage != "active":
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def reattach(self, run_id: str, tags: dict[str, str]) -> bool:
+        """Continue an interrupted run (a resumed job): RUNNING again, tags refreshed; False if it is gone."""
+        run = self._active_run(run_id)
+        if run is None:
             return False
         self.run_id = run_id
         self._artifacts_failed = False
@@ -360,13 +365,8 @@ class MLflowTracker:
 
         The status is set first, so the run is FAILED even if the tags cannot be written.
         """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            run = _retrying(self.client.get_run, run_id)
-        except MlflowException:
-            return False
-        if run.info.lifecycle_stage != "active":
+        run = self._active_run(run_id)
+        if run is None:
             return False
         _retrying(self.client.set_terminated, run_id, "FAILED")
         note = run.data.tags.get(NOTE_TAG, "")

@@ -349,14 +349,19 @@ def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch,
     assert "skipped" not in fresh and fresh["test_acc"] == first["test_acc"]
 
 
-def test_a_last_pt_of_other_code_is_refused_unless_asked(tmp_path, monkeypatch, reference):
+def interrupted_job(tmp_path: Path, monkeypatch, reference) -> tuple:
+    """A job stopped after step 3: its config and its last.pt."""
     share_teacher(reference[0], tmp_path)
     interrupt_at(monkeypatch, 3)
     cfg = make_cfg(tmp_path, RUN, output=tmp_path / "job")
     with pytest.raises(Interrupt):
         train(cfg)
     monkeypatch.undo()
-    last = tmp_path / "job" / "last.pt"
+    return cfg, tmp_path / "job" / "last.pt"
+
+
+def test_a_last_pt_of_other_code_is_refused_unless_asked(tmp_path, monkeypatch, reference):
+    cfg, last = interrupted_job(tmp_path, monkeypatch, reference)
     checkpoint.atomic_save(checkpoint.load(last) | {"code": "0123456789ab"}, last)  # code edited since
     with pytest.raises(ConfigError, match=r"written by other seal-exp code .*resume_across_code_change=true"):
         train(cfg)
@@ -429,13 +434,7 @@ def test_a_job_stopped_while_its_teacher_trains_continues_in_the_same_run_loggin
 
 
 def test_a_truncated_last_pt_is_refused_and_its_run_closed_as_failed(tmp_path, monkeypatch, reference):
-    share_teacher(reference[0], tmp_path)
-    interrupt_at(monkeypatch, 3)
-    cfg = make_cfg(tmp_path, RUN, output=tmp_path / "job")
-    with pytest.raises(Interrupt):
-        train(cfg)
-    monkeypatch.undo()
-    last = tmp_path / "job" / "last.pt"
+    cfg, last = interrupted_job(tmp_path, monkeypatch, reference)
     last.write_bytes(last.read_bytes()[:100])  # a disk that filled up, a copy cut short
     (run,) = student_runs(tmp_path)
     store(tmp_path).update_run(run.info.run_id, status="RUNNING")  # as a kill -9 leaves it
