@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -218,8 +219,12 @@ def _student_summary(
     }
 
 
+_JOB = {"started": False}  # whether Hydra got as far as a job (else its exit 1 was a config it refused)
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    _JOB["started"] = True
     try:
         summary = train(cfg)
     except JobRunning as exc:  # the same job in another process: not a configuration mistake
@@ -255,6 +260,31 @@ def torchrun_follower_overrides(argv: list[str], environ: dict[str, str]) -> lis
     return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
 
 
-if __name__ == "__main__":
+def refuse_missing_scheduler(argv: list[str]) -> None:
+    """A SLURM sweep where ``sbatch`` is not on PATH stops here, before any folder or MLflow run exists."""
+    launcher = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")), "")
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if multirun and launcher.startswith("slurm") and shutil.which("sbatch") is None:
+        print(
+            f"seal-exp: hydra/launcher={launcher} submits through SLURM's sbatch, which is not on this "
+            "machine's PATH: run the sweep on a cluster login node, or rehearse it here with "
+            "hydra/launcher=local.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def cli() -> None:
+    """``python -m seal_exp.train``; a config Hydra refuses to compose exits 2, like every user error."""
     sys.argv += torchrun_follower_overrides(sys.argv[1:], dict(os.environ))
-    main()
+    refuse_missing_scheduler(sys.argv[1:])
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code == 1 and not _JOB["started"]:
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    cli()

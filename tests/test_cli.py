@@ -47,7 +47,7 @@ def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
 
 def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     proc = run_cli(["distiller=bogus", f"paths.root={tmp_path}"], cwd=tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # a user error, like every configuration error
     assert "Could not find 'distiller/bogus'" in proc.stderr
     assert "kd" in proc.stderr and "none" in proc.stderr and "seal" in proc.stderr
 
@@ -60,3 +60,17 @@ def test_bad_value_exits_with_a_one_line_message_naming_key_and_file(tmp_path):
         "[conf/distiller/seal.yaml; command line: distiller.alpha=-0.3]"
     )
     assert not Path(tmp_path, "mlflow.db").exists()
+
+
+def test_a_slurm_sweep_without_sbatch_stops_before_any_folder_or_run(tmp_path):
+    import sys
+
+    proc = run_cli(
+        ["-m", "hydra/launcher=slurm", "seed=0,1", f"paths.root={tmp_path}"],
+        cwd=tmp_path,
+        env={"PATH": str(Path(sys.executable).parent)},  # a machine without SLURM
+    )
+    assert proc.returncode == 2
+    assert "sbatch, which is not on this machine's PATH" in proc.stderr
+    assert "hydra/launcher=local" in proc.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
