@@ -135,6 +135,9 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
         raise invalid("stage", cfg.stage, f"choose one of {', '.join(STAGES)}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise invalid("seed", cfg.seed, "use an integer >= 0")
+    for switch in ("resume", "skip_finished", "resume_across_code_change"):
+        if not isinstance(cfg.get(switch), bool):
+            raise invalid(switch, cfg.get(switch), "use true or false")
     if data:
         check_writable("paths.output", cfg.paths.output, "the run's folder (hydra.run.dir)")
     settings = build(cfg.trainer, "trainer")

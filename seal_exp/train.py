@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from seal_exp.config import ConfigError
 from seal_exp.data import DataSplits
-from seal_exp.plan import Plan, prepare
+from seal_exp.plan import Plan, check_writable, prepare
 from seal_exp.run import distributed, session
 from seal_exp.run import files as run_files
 from seal_exp.run.claim import JobRunning
@@ -274,10 +274,24 @@ def refuse_missing_scheduler(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def refuse_unwritable_folders(argv: list[str]) -> None:
+    """A run or sweep folder given on the command line that cannot be created stops here with one line
+    (Hydra would create it before any of this package runs, with a traceback)."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir", "paths.root") and value and "${" not in value:
+            try:
+                check_writable(key, value, "the folder")
+            except ConfigError as exc:
+                print(f"seal-exp: configuration error: {exc}", file=sys.stderr)
+                sys.exit(2)
+
+
 def cli() -> None:
     """``python -m seal_exp.train``; a config Hydra refuses to compose exits 2, like every user error."""
     sys.argv += torchrun_follower_overrides(sys.argv[1:], dict(os.environ))
     refuse_missing_scheduler(sys.argv[1:])
+    refuse_unwritable_folders(sys.argv[1:])
     try:
         main()
     except SystemExit as exc:

@@ -54,6 +54,9 @@ def test_a_non_finite_number_is_refused_by_its_key(tmp_path, override):
         ("neuron.surrogate.alpha=abc", "use a number"),  # spikingjelly's, at the first backward
         ("optim.lr=abc", "use a finite number"),
         ("trainer.batch_size=1.5", "use an integer >= 1"),
+        ("resume=maybe", "use true or false"),  # a non-empty string would count as true
+        ("skip_finished=maybe", "use true or false"),
+        ("resume_across_code_change=yes", "use true or false"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_refused_by_its_key(tmp_path, override, rule):

@@ -74,3 +74,12 @@ def test_a_slurm_sweep_without_sbatch_stops_before_any_folder_or_run(tmp_path):
     assert "sbatch, which is not on this machine's PATH" in proc.stderr
     assert "hydra/launcher=local" in proc.stderr
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_line_not_a_traceback(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli([f"hydra.run.dir={blocker}/run", f"paths.root={tmp_path}", *SMOKE], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"hydra.run.dir='{blocker}/run' is invalid" in proc.stderr
+    assert "is a file, not a folder" in proc.stderr

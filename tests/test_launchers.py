@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import runpy
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -104,6 +105,12 @@ def fake_sbatch(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     def finished(job: slurm.SlurmJob) -> list[JobReturn]:
         return [JobReturn(status=JobStatus.COMPLETED, _return_value=None)]
 
+    which = shutil.which  # the entry point checks that sbatch is there before it builds the sweep
+
+    def with_sbatch(name: str, *args: object, **kwargs: object) -> str | None:
+        return "/usr/bin/sbatch" if name == "sbatch" else which(name, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "which", with_sbatch)
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     monkeypatch.setattr(submitit.core.utils, "CommandFunction", FakeCommand)
     monkeypatch.setattr(slurm.SlurmJob, "results", finished)

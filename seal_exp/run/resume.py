@@ -152,7 +152,9 @@ def read_last(path: Path, identity_cfg: dict[str, str]) -> dict[str, Any]:
     try:
         state = checkpoint.load(path)
     except Exception as exc:
-        raise ConfigError(f"cannot read {path} to resume from it ({exc}); move it away to restart") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"cannot read {path} to resume from it ({reason}); move it away to restart"
+        raise ConfigError(message) from exc
     if not isinstance(state, dict) or state.get("format") != LAST_FORMAT or "config" not in state:
         raise ConfigError(
             f"{path} is not a resumable seal-exp checkpoint (format {LAST_FORMAT}); move it away to start "

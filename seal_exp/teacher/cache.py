@@ -101,7 +101,8 @@ def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dic
     try:
         record = checkpoint.load(source.path)
     except Exception as exc:
-        raise ConfigError(f"{key}: cannot read {source.path} as a checkpoint ({exc}).") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: cannot read {source.path} as a checkpoint ({reason}).") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ConfigError(
             f"{key}: {source.path} is not a seal-exp teacher checkpoint (expected format {FORMAT}). "
