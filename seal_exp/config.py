@@ -88,7 +88,7 @@ def invalid(key: str, value: Any, rule: str) -> ConfigError:
 
 def check_numbers(node: DictConfig | ListConfig, prefix: str = "") -> None:
     """Refuse a NaN or infinite number anywhere in a config (``hydra`` aside), and text where a
-    ``_target_`` takes a float (its default is one), naming the key.
+    ``_target_`` takes a number or a switch (its default is a float, an int or a bool), naming the key.
 
     Third-party targets (torch's schedules, spikingjelly's surrogates) check nothing and fail only
     mid-run, so this one pass covers every float hyperparameter. Interpolations are skipped: they point
@@ -98,7 +98,7 @@ def check_numbers(node: DictConfig | ListConfig, prefix: str = "") -> None:
         items = [(f"{prefix}[{i}]", i) for i in range(len(node))]
     else:
         items = [(f"{prefix}.{k}" if prefix else str(k), k) for k in node if prefix or k != "hydra"]
-    floats = _float_parameters(node.get("_target_")) if isinstance(node, DictConfig) else set()
+    typed = _typed_parameters(node.get("_target_")) if isinstance(node, DictConfig) else {}
     for key, k in items:
         if OmegaConf.is_missing(node, k) or OmegaConf.is_interpolation(node, k):
             continue
@@ -107,19 +107,24 @@ def check_numbers(node: DictConfig | ListConfig, prefix: str = "") -> None:
             check_numbers(value, key)
         elif isinstance(value, float) and not math.isfinite(value):
             raise invalid(key, value, "use a finite number")
-        elif k in floats and isinstance(value, str):
+        elif typed.get(k) is float and isinstance(value, str):
             raise invalid(key, value, "use a number")
+        elif typed.get(k) is int and isinstance(value, str | bool):
+            raise invalid(key, value, "use an integer")
+        elif typed.get(k) is bool and not isinstance(value, bool):
+            raise invalid(key, value, "use true or false")
 
 
-def _float_parameters(target: Any) -> set[str]:
-    """The parameters of a ``_target_`` whose default is a float (none when it cannot be imported)."""
+def _typed_parameters(target: Any) -> dict[str, type]:
+    """The parameters of a ``_target_`` whose default is a float, an int or a bool, with that type (none
+    when it cannot be imported): text where such a number or switch belongs is refused by key."""
     if not isinstance(target, str):
-        return set()
+        return {}
     try:
         params = inspect.signature(get_method(target)).parameters
     except Exception:  # a target that cannot be imported is reported when it is built
-        return set()
-    return {n for n, p in params.items() if isinstance(p.default, float)}
+        return {}
+    return {n: type(p.default) for n, p in params.items() if type(p.default) in (float, int, bool)}
 
 
 def build(node: DictConfig, key: str, *, probe_partial: bool = False, **kwargs: Any) -> Any:

@@ -57,6 +57,8 @@ def test_a_non_finite_number_is_refused_by_its_key(tmp_path, override):
         ("resume=maybe", "use true or false"),  # a non-empty string would count as true
         ("skip_finished=maybe", "use true or false"),
         ("resume_across_code_change=yes", "use true or false"),
+        ("dataset.split_seed=abc", "use an integer"),  # failed in the split, after the run had started
+        ("optim.nesterov=maybe", "use true or false"),  # a non-empty string would count as true
     ],
 )
 def test_a_value_of_the_wrong_type_is_refused_by_its_key(tmp_path, override, rule):
