@@ -170,7 +170,7 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
         if sync_bn:
             convert_sync_batch_norm(student)
     if cfg.stage == "teacher" or distiller_cls.requires_teacher:
-        plan.teacher = _teacher_plan(cfg, world, sync_bn)
+        plan.teacher = _teacher_plan(cfg, world, sync_bn, plan.dataset)
     if student is not None:
         plan.student = _student_plan(cfg, student, plan.teacher, plan.dataset, settings, data)
     networks = [p.model for p in (plan.student, plan.teacher) if p is not None]
@@ -216,12 +216,13 @@ def _check_global_batch(key: str, batch_size: int, world: int, what: str) -> Non
         raise invalid(key, batch_size, f"{what} over this run's {world} processes: use a multiple of {world}")
 
 
-def _teacher_plan(cfg: DictConfig, world: int, sync_bn: bool) -> TeacherPlan:
+def _teacher_plan(cfg: DictConfig, world: int, sync_bn: bool, dataset: Any) -> TeacherPlan:
     with isolated_torch_rng(cfg.seed):
         model = build_teacher(cfg)
     source = teacher_cache.locate(cfg)
     if not source.needs_training:
-        return TeacherPlan(model, source, teacher_cache.load_into(model, source, cfg), None)
+        fingerprint = dataset.fingerprint() if dataset is not None else None
+        return TeacherPlan(model, source, teacher_cache.load_into(model, source, cfg, fingerprint), None)
     check_writable("teacher.cache_dir", source.path.parent, "the cache of the teacher this run trains")
     loop = build(cfg.teacher.recipe, "teacher.recipe")
     _check_global_batch(

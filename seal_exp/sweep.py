@@ -1,9 +1,9 @@
-"""``python -m seal_exp.sweep status <sweep dir>``: which jobs of a sweep are finished, running, failed
-or missing.
+"""``python -m seal_exp.sweep status <sweep dir>``: which jobs of a sweep are finished, running, dead,
+failed, missing or trained on other data.
 
 The jobs are the sweep's own, expanded from its ``multirun.yaml`` and looked up in the tracking store by
 their identity (:mod:`seal_exp.results.sweep_status` says how): relaunching the sweep command trains
-exactly the jobs shown as failed, running-but-dead or missing.
+exactly the jobs shown as failed, running-but-dead, missing or on other data.
 
     python -m seal_exp.sweep status multirun/2026-12-02/10-00-00
 """
@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     """Print the sweep's status table; 2 for a folder that is not a sweep or jobs that do not compose."""
     parser = argparse.ArgumentParser(prog="python -m seal_exp.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    show = commands.add_parser("status", help="each job: finished / running / dead / failed / missing")
+    show = commands.add_parser(
+        "status", help="each job: finished / running / dead / failed / missing / other data"
+    )
     show.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
     saved = args.sweep_dir / "multirun.yaml"

@@ -49,6 +49,9 @@ class NoTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Nothing to record."""
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Nothing to tag."""
+
     def has_metric(self, key: str) -> bool:
         """No store: no metric was ever logged."""
         return False
@@ -351,6 +354,14 @@ class MLflowTracker:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             _retrying(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag the active run with what is learnt while it runs (the data's fingerprint, once read)."""
+        if self.run_id is not None:
+            from mlflow.entities import RunTag
+
+            items = [RunTag(k, v) for k, v in tags.items()]
+            _retrying(self.client.log_batch, self.run_id, tags=items)
 
     def has_metric(self, key: str) -> bool:
         """Whether the active run already has a value for ``key`` (e.g. a resumed run's ``teacher/test/acc``),

@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not dist.is_main:  # rank 0 tracks, checkpoints and reports; the others train and say little
             plan.tracker = NoTracker()
             log.setLevel(logging.WARNING)
-        job = session.open_job(cfg, plan.tracker, dist, started)
+        job = session.open_job(cfg, plan.tracker, dist, started, plan.dataset.fingerprint)
         if job.finished is not None:  # skip_finished: an earlier run of this job has the result
             return job.finished
         session.start_tracking(cfg, plan.tracker, job, plan.run_name, plan.tags())
@@ -76,6 +76,8 @@ def _stages(
     """Data, then the teacher (when the run has one), then the student (``stage=distill``)."""
     log.info("loading %s", cfg.dataset.name)
     data = plan.dataset.load()
+    if dist.is_main:
+        session.record_data(plan.tracker, job, plan.dataset.fingerprint())
     log.info(
         "%s: %d train / %d val / %d test (split %s)",
         cfg.dataset.name,
@@ -97,7 +99,8 @@ def _stages(
     }
     summary["teacher_test_acc"] = None
     if plan.teacher is not None:
-        stage = TeacherStage(cfg, plan, data, val_loader, test_loader, should_stop, dist)
+        fingerprint = dist.share(job.data)
+        stage = TeacherStage(cfg, plan, data, fingerprint, val_loader, test_loader, should_stop, dist)
         summary |= stage.obtain()
     if plan.stage == "teacher":
         return summary | {"epochs": int(cfg.teacher.recipe.epochs)}

@@ -252,6 +252,26 @@ def test_cifar10dvs_cache_is_built_once(c10_data, tmp_path):
     ]
 
 
+def test_event_fingerprint_is_the_frame_cache_and_unknown_before_it(c10_data, tmp_path):
+    root, _ = c10_data
+    frames = f"frames_number_{T}_split_by_number"
+    built = c10(root).fingerprint()
+    assert isinstance(built, str) and len(built) == 16
+    # the same frames elsewhere (no events_np/, no download/): the same data
+    shutil.copytree(root / frames, tmp_path / "copy" / frames)
+    assert c10(tmp_path / "copy").fingerprint() == built
+    # one sample more, or one resized: other data
+    sample = next((tmp_path / "copy" / frames).rglob("*.npz"))
+    shutil.copy(sample, sample.with_name("extra.npz"))
+    assert c10(tmp_path / "copy").fingerprint() != built
+    sample.with_name("extra.npz").unlink()
+    sample.write_bytes(sample.read_bytes() + b"\0")
+    assert c10(tmp_path / "copy").fingerprint() != built
+    # only the archives: nothing built yet, so nothing to compare with
+    write_cifar10dvs(tmp_path / "fresh", per_class=1, events_per_file=20, seed=1)
+    assert c10(tmp_path / "fresh").fingerprint() is None
+
+
 def test_cifar10dvs_refuses_what_spikingjelly_would_download_or_reuse(tmp_path, monkeypatch):
     write_cifar10dvs(tmp_path, per_class=1, events_per_file=20, seed=1)
     patch_cifar10dvs_md5(monkeypatch, tmp_path)

@@ -152,3 +152,37 @@ def test_a_running_job_that_no_process_holds_is_dead(tmp_path):
     table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
     assert "2 jobs: 0 finished, 1 running, 1 dead, 0 failed, 0 missing" in table
     assert f"To do so: python -m seal_exp.train -m hydra/launcher=local paths.root={tmp_path}" in table
+
+
+def test_a_job_finished_on_other_data_is_shown_and_relaunched(tmp_path):
+    """A run that finished on other data (dataset.root pointed elsewhere, its files changed) is not this
+    job's result: the status says other data, and relaunching trains it."""
+    from omegaconf import OmegaConf
+
+    from seal_exp.data.embedded import Digits
+    from seal_exp.run.identity import job_identity
+    from tests.conftest import make_cfg
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    task = [f"paths.root={tmp_path}", *SMOKE, "seed=0,1,2"]
+    OmegaConf.save(
+        OmegaConf.create({"hydra": {"overrides": {"task": task, "hydra": []}}}), sweep / "multirun.yaml"
+    )
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("seal-exp/digits")
+    here = Digits("digits", 10, 1, 8).fingerprint()
+    recorded = {0: here, 1: "0123456789abcdef", 2: None}  # 2: a run from before fingerprints were recorded
+    for seed, data in recorded.items():
+        identity = job_identity(make_cfg(tmp_path, [*SMOKE, f"seed={seed}"]))
+        tags = {"seal.identity": identity, "output_dir": str(tmp_path)} | (
+            {"seal.data": data} if data else {}
+        )
+        run = client.create_run(experiment, tags=tags)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    jobs = sweep_status.status(sweep)
+    assert [job.status for job in jobs] == ["finished", "other data", "finished"]
+    assert jobs[1].progress == f"trained on data 0123456789abcdef, the data at hand is {here}"
+    table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
+    assert "3 jobs: 2 finished, 0 running, 0 dead, 0 failed, 0 missing, 1 other data" in table
+    assert "To do so: python -m seal_exp.train -m" in table

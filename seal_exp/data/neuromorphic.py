@@ -42,6 +42,7 @@ from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
 
 from seal_exp.config import require
+from seal_exp.data import fingerprint
 from seal_exp.data.augment import FrameAugment, FrameTransform
 from seal_exp.data.frame_cache import build_progress, count_files, refuse_unfinished_builds
 from seal_exp.data.source import DatasetSource, MissingDataset
@@ -270,6 +271,11 @@ class _FrameCacheSource(DatasetSource):
     def _frames_ready(self) -> bool:
         folder = self.frames_dir
         return folder.is_dir() and not _marker(folder).exists() and not self._incomplete(folder)
+
+    def fingerprint(self) -> str | None:
+        """Names and sizes of the frame cache's files, which every read comes from (a resized copy is
+        made from them); ``None`` until the cache is built."""
+        return fingerprint.of_listing(self.frames_dir, ".npz") if self._frames_ready() else None
 
     def _verify_download(self) -> None:
         """Checksums of the archives, before spikingjelly would delete a bad one (and download it)."""

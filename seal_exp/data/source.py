@@ -87,5 +87,10 @@ class DatasetSource(abc.ABC):
         """Raise :meth:`missing` unless the files a load needs are present (no data is read)."""
 
     @abc.abstractmethod
+    def fingerprint(self) -> str | None:
+        """The content's hash (:mod:`seal_exp.data.fingerprint`); ``None`` while the files it covers are
+        not built yet (an event dataset before its first frame cache)."""
+
+    @abc.abstractmethod
     def load(self) -> DataSplits:
         """Read (building caches on first use) and cut the data."""

@@ -4,8 +4,10 @@ The jobs are the sweep's own: its overrides (``multirun.yaml``, written by Hydra
 are expanded as Hydra's basic sweeper does, each job's config is composed from ``conf/`` and its
 identity (:mod:`seal_exp.run.identity`) is looked up in the tracking store. So the status counts runs made
 by any launch of the same sweep command, in whatever folder: relaunching the command trains exactly
-the jobs shown as dead, failed or missing. A job is *dead* when its run is still RUNNING in the store but
-no process holds its claim (:mod:`seal_exp.run.claim`): it was killed without a chance to close its run.
+the jobs shown as dead, failed, missing or other data. A job is *dead* when its run is still RUNNING in the
+store but no process holds its claim (:mod:`seal_exp.run.claim`): it was killed without a chance to close
+its run. It has *other data* when its runs were trained on data other than what its ``dataset.root``
+holds now (:mod:`seal_exp.data.fingerprint`; where the data cannot be found here, this is not checked).
 ``python -m seal_exp.sweep status`` prints it.
 """
 
@@ -21,12 +23,13 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from seal_exp.config import CONF_DIR
+from seal_exp.config import CONF_DIR, build
 from seal_exp.run import checkpoint
 from seal_exp.run.claim import is_held
-from seal_exp.run.identity import CODE_TAG, code_version, job_identity
+from seal_exp.run.identity import CODE_TAG, DATA_TAG, code_version, job_identity, same_data
 from seal_exp.tracking import TRACKING_URI_FILE, MLflowTracker
 
+STATUSES = ("finished", "running", "dead", "failed", "missing", "other data")
 STATUS_OF_RUN = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running"}
 
 
@@ -38,6 +41,7 @@ class Job:
     overrides: list[str]
     identity: str
     cache: str = ""  # the job's paths.cache, where its claim lives
+    data: str | None = None  # the fingerprint of the data its dataset config points at (None: unknown here)
     status: str = "missing"
     run_id: str | None = None
     progress: str = ""
@@ -74,13 +78,15 @@ def status(sweep_dir: Path) -> list[Job]:
     trackers: dict[tuple[str, str], MLflowTracker] = {}
     jobs: list[Job] = []
     stores: list[MLflowTracker | None] = []
+    fingerprints: dict[str, str | None] = {}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for num, job_overrides in enumerate(expand(overrides)):
             try:
                 cfg = compose("train", overrides=job_overrides)
             except Exception as exc:
                 raise SweepError(f"job {num} ({' '.join(job_overrides)}) does not compose: {exc}") from exc
-            jobs.append(Job(num, job_overrides, job_identity(cfg), str(cfg.paths.cache)))
+            data = _fingerprint(cfg.dataset, fingerprints)
+            jobs.append(Job(num, job_overrides, job_identity(cfg), str(cfg.paths.cache), data))
             if "MLflowTracker" in str(cfg.tracking.get("_target_", "")):
                 where = (sweep_uri or str(cfg.tracking.uri), str(cfg.tracking.experiment))
                 stores.append(trackers.setdefault(where, MLflowTracker(*where, writable=False)))
@@ -88,7 +94,8 @@ def status(sweep_dir: Path) -> list[Job]:
                 stores.append(None)
     for job, tracker in zip(jobs, stores, strict=True):
         folder = sweep_dir / str(job.num)
-        runs = tracker.find_runs(job.identity) if tracker is not None else []
+        found = tracker.find_runs(job.identity) if tracker is not None else []
+        runs = [r for r in found if job.data is None or same_data(r.data.tags.get(DATA_TAG), job.data)]
         finished = next((r for r in runs if r.info.status == "FINISHED"), None)
         latest = finished or (runs[0] if runs else None)
         if latest is not None:
@@ -100,6 +107,11 @@ def status(sweep_dir: Path) -> list[Job]:
             code = latest.data.tags.get(CODE_TAG)
             if job.status == "finished" and code not in (None, code_version()):
                 job.progress = f"trained under other code (source {code}, now {code_version()})"
+        elif found:
+            job.status = "other data"
+            tags = found[0].data.tags
+            job.run_id, job.folder = found[0].info.run_id, tags.get("output_dir", "")
+            job.progress = f"trained on data {tags.get(DATA_TAG)}, the data at hand is {job.data}"
         elif tracker is None and (folder / "summary.json").is_file():  # tracking=none: only the folder
             job.status, job.folder = "finished", str(folder)
         elif tracker is None and folder.is_dir():
@@ -112,6 +124,18 @@ def status(sweep_dir: Path) -> list[Job]:
             except Exception:
                 job.progress = "last.pt unreadable"
     return jobs
+
+
+def _fingerprint(node: Any, known: dict[str, str | None]) -> str | None:
+    """The fingerprint of the data a dataset config points at, once per distinct config; None where the
+    data is not here (another machine's paths) or not built yet."""
+    key = OmegaConf.to_yaml(node, resolve=True)
+    if key not in known:
+        try:
+            known[key] = build(node, "dataset").fingerprint()
+        except Exception:
+            known[key] = None
+    return known[key]
 
 
 def relaunch_command(sweep_dir: Path) -> str:
@@ -133,10 +157,11 @@ def format_table(jobs: list[Job], relaunch: str | None = None) -> str:
     lines.append("")
     lines.append(
         f"{len(jobs)} jobs: "
-        + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "running", "dead", "failed", "missing"))
-        + ". Relaunching the sweep command trains the failed and missing ones and resumes the dead ones "
-        "from their last.pt (dead: its run says RUNNING but no process holds the job)."
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+        + ". Relaunching the sweep command trains the failed, missing and other-data ones and resumes the "
+        "dead ones from their last.pt (dead: its run says RUNNING but no process holds the job; other data: "
+        "its runs were trained on data other than what dataset.root holds now)."
     )
-    if relaunch and any(job.status in ("dead", "failed", "missing") for job in jobs):
+    if relaunch and any(job.status in STATUSES[2:] for job in jobs):
         lines.append(f"To do so: {relaunch}")
     return "\n".join(lines)

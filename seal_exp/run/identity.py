@@ -103,6 +103,24 @@ def config_differences(before: dict[str, str], now: dict[str, str]) -> list[str]
     ]
 
 
+DATA_TAG = "seal.data"  # the MLflow tag holding the data's fingerprint (seal_exp.data.fingerprint)
+
+
+def same_data(recorded: str | None, now: str | None) -> bool:
+    """Whether a result recorded with fingerprint ``recorded`` holds for the data now at hand.
+
+    ``recorded`` None: a run from before fingerprints were recorded, taken as it is. ``now`` None: the
+    data is not built yet (an event dataset before its frame cache), so nothing recorded matches.
+    """
+    return recorded is None or recorded == now
+
+
+def data_location(cfg: DictConfig) -> str:
+    """Where the dataset's files are, for messages (the embedded sets ship inside packages)."""
+    root = cfg.dataset.get("root")
+    return f"dataset.root={root}" if root else "shipped inside its package"
+
+
 CODE_TAG = "seal.code"  # the MLflow tag (and last.pt key) holding :func:`code_version`
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from seal_exp.config import ConfigError
 from seal_exp.run import checkpoint
 from seal_exp.run.distributed import Distributed
-from seal_exp.run.identity import code_version, config_differences
+from seal_exp.run.identity import code_version, config_differences, data_location
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,12 @@ def rank_rng(state: dict[str, Any], dist: Distributed) -> dict[str, Any]:
 
 
 def resume_point(
-    cfg: DictConfig, out: Path, identity_cfg: dict[str, str], earlier: list[Any]
+    cfg: DictConfig, out: Path, identity_cfg: dict[str, str], earlier: list[Any], data: str | None = None
 ) -> tuple[Path | None, dict[str, Any] | None]:
     """The ``last.pt`` this job continues from and its content, checked against the config, or Nones.
 
-    ``earlier``: the tracked runs of the same identity; a relaunched sweep continues the one an
-    interrupted run of this job left in its own folder.
+    ``earlier``: the tracked runs of the same identity and data; a relaunched sweep continues the one an
+    interrupted run of this job left in its own folder. ``data``: the data's fingerprint, when known.
     """
     path = out / "last.pt"
     if path.is_file() and not cfg.resume:
@@ -128,6 +128,14 @@ def resume_point(
         return None, None
     state = read_last(path, identity_cfg)
     _check_code(path, state, bool(cfg.resume_across_code_change))
+    written = state.get("data")
+    if written is not None and data is not None and written != data:
+        raise ConfigError(
+            f"{path} was trained on other data (fingerprint {written}; the {cfg.dataset.name} data at hand, "
+            f"{data_location(cfg)}, has {data}): resuming would mix two datasets "
+            "in one result. Point dataset.root back at that data, or give the run another folder "
+            "(hydra.run.dir=...) to start afresh."
+        )
     log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["global_step"])
     return path, state
 

@@ -22,7 +22,15 @@ from seal_exp.run import checkpoint, preemption
 from seal_exp.run import files as run_files
 from seal_exp.run.claim import Claim, claim
 from seal_exp.run.distributed import Distributed
-from seal_exp.run.identity import CODE_TAG, code_version, identity_config, job_identity
+from seal_exp.run.identity import (
+    CODE_TAG,
+    DATA_TAG,
+    code_version,
+    data_location,
+    identity_config,
+    job_identity,
+    same_data,
+)
 from seal_exp.run.preemption import Preempted
 from seal_exp.run.resume import resume_point
 from seal_exp.tracking import IDENTITY_TAG, download_summary, git_tags, job_context
@@ -42,6 +50,7 @@ class Job:
     finished: dict[str, Any] | None = None  # skip_finished: the summary of an earlier FINISHED run
     reattach: str | None = None  # an interrupted run of this job with no last.pt (it died in the teacher)
     claim: Claim | None = None  # rank 0's hold on the job: no second process runs it meanwhile
+    data: str | None = None  # rank 0: the data's fingerprint (None for an event dataset not built yet)
 
     def wall_s(self) -> float:
         """Seconds spent on the job over all its attempts."""
@@ -49,10 +58,18 @@ class Job:
         return earlier + time.perf_counter() - self.started
 
 
-def open_job(cfg: DictConfig, tracker: Any, dist: Distributed, started: float) -> Job:
+def open_job(
+    cfg: DictConfig,
+    tracker: Any,
+    dist: Distributed,
+    started: float,
+    fingerprint: Callable[[], str | None] = lambda: None,
+) -> Job:
     """The job's identity and what rank 0 decided: skip it, resume it, or start it afresh.
 
     ``tracker``: the run's tracking store (rank 0's; the other ranks pass a :class:`NoTracker`).
+    ``fingerprint``: the dataset's (:mod:`seal_exp.data.fingerprint`); a result or ``last.pt`` recorded
+    on other data is not reused.
     """
     out = Path(dist.share(str(cfg.paths.output)))  # torchrun: every rank works in rank 0's folder
     identity_cfg = identity_config(cfg)
@@ -61,6 +78,7 @@ def open_job(cfg: DictConfig, tracker: Any, dist: Distributed, started: float) -
     if dist.is_main:
         try:
             job.claim = _claim(cfg, job)
+            job.data = fingerprint()
             decision = _decide(cfg, tracker, job)
         except Exception as exc:
             if job.claim is not None:
@@ -101,12 +119,16 @@ def _decide(cfg: DictConfig, tracker: Any, job: Job) -> dict[str, Any]:
     else an interrupted run of this job to reattach to (it died before its first last.pt)."""
     if cfg.stage != "distill":
         return {"resume_from": None}
-    earlier = tracker.find_runs(job.identity)
+    found = tracker.find_runs(job.identity)
+    earlier = [r for r in found if same_data(r.data.tags.get(DATA_TAG), job.data)]
     finished = next((r for r in earlier if r.info.status == "FINISHED"), None)
     if cfg.skip_finished and finished is not None:
         return {"finished": _already_finished(finished, tracker, job)}
+    other = next((r for r in found if r.info.status == "FINISHED" and r not in earlier), None)
+    if cfg.skip_finished and other is not None:
+        print(_other_data_line(cfg, other, job), flush=True)
     try:
-        path, job.resume = resume_point(cfg, job.out, job.identity_cfg, earlier)
+        path, job.resume = resume_point(cfg, job.out, job.identity_cfg, earlier, job.data)
     except ConfigError as exc:  # a last.pt of this job that cannot be continued: its run ends FAILED
         for run in earlier:
             folder = Path(run.data.tags.get("output_dir", ""))
@@ -117,6 +139,30 @@ def _decide(cfg: DictConfig, tracker: Any, job: Job) -> dict[str, Any]:
         return {"resume_from": str(path)}
     interrupted = next((r for r in earlier if r.info.status in ("RUNNING", "KILLED")), None)
     return {"resume_from": None, "reattach": interrupted.info.run_id if interrupted and cfg.resume else None}
+
+
+def _other_data_line(cfg: DictConfig, run: Any, job: Job) -> str:
+    """Why a FINISHED run of this job is not reused: it was trained on other data."""
+    now = f"has fingerprint {job.data}" if job.data else "is not built yet, so it cannot be compared"
+    return (
+        f"MLflow run {run.info.run_id} finished this job (identity {job.identity}) on other data "
+        f"(fingerprint {run.data.tags.get(DATA_TAG)}); the {cfg.dataset.name} data at hand "
+        f"({data_location(cfg)}) {now}: training on it."
+    )
+
+
+def record_data(tracker: Any, job: Job, fingerprint: str | None) -> None:
+    """Rank 0, once the data is read: record its fingerprint on the run, and refuse a ``last.pt`` trained
+    on other data (an event dataset's fingerprint is only known once its frame cache is built)."""
+    written = (job.resume or {}).get("data")
+    if written is not None and fingerprint is not None and written != fingerprint:
+        raise ConfigError(
+            f"the last.pt this job resumes was trained on other data (fingerprint {written}, the data at "
+            f"hand {fingerprint}): move it away, or point dataset.root back at the data it was trained on."
+        )
+    job.data = fingerprint
+    if fingerprint is not None:
+        tracker.set_tags({DATA_TAG: fingerprint})
 
 
 def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
@@ -172,6 +218,7 @@ def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
         "config": job.identity_cfg,
         "identity": job.identity,
         "code": code_version(),
+        "data": job.data,
         "mlflow_run_id": tracker.run_id,
         "wall_s": job.wall_s(),
     }
@@ -218,6 +265,7 @@ def record_summary(summary: dict[str, Any], tracker: Any, job: Job, dist: Distri
     summary["wall_s"] = round(job.wall_s(), 2)
     summary["mlflow_run_id"] = tracker.run_id
     summary["identity"] = job.identity
+    summary["data_fingerprint"] = job.data
     if not dist.is_main:
         return
     summary["world_size"] = dist.world_size

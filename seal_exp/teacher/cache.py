@@ -95,8 +95,33 @@ def _model_settings(recorded: Any) -> Any:
         return recorded
 
 
-def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dict[str, Any]:
-    """Check that the checkpoint fits this run, load its weights into ``teacher``, return its record."""
+def check_data(record: dict[str, Any], source: TeacherSource, fingerprint: str | None) -> None:
+    """A cached teacher trained on other data (``dataset.root`` now points elsewhere) is refused: it
+    would be distilled from as if it had seen this data. An explicit ``teacher.checkpoint`` is the user's
+    choice (a teacher from other data may be intended): it gets a warning."""
+    written = record.get("data_fingerprint")
+    if written is None or fingerprint is None or written == fingerprint:
+        return
+    if source.origin == "checkpoint":
+        log.warning(
+            "teacher.checkpoint=%s was trained on other data (fingerprint %s, this run's data %s)",
+            source.path,
+            written,
+            fingerprint,
+        )
+        return
+    raise ConfigError(
+        f"the teacher cache {source.path} holds a teacher trained on other data (fingerprint {written}, this "
+        f"run's data {fingerprint}): set teacher.cache_dir to another folder to train one on this data and "
+        "keep both, or delete that file to replace it."
+    )
+
+
+def load_into(
+    teacher: nn.Module, source: TeacherSource, cfg: DictConfig, data_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """Check that the checkpoint fits this run (its data too, ``data_fingerprint``, when known), load its
+    weights into ``teacher``, return its record."""
     key = "teacher.checkpoint" if source.origin == "checkpoint" else "the teacher cache"
     try:
         record = checkpoint.load(source.path)
@@ -126,6 +151,7 @@ def load_into(teacher: nn.Module, source: TeacherSource, cfg: DictConfig) -> dic
             + "\nPoint teacher.checkpoint at a teacher trained for this dataset and architecture, or set "
             "teacher.checkpoint=null to train one (it is cached for later runs)."
         )
+    check_data(record, source, data_fingerprint)
     _load_weights(teacher, record.get("state_dict"), key, source.path)
     return {k: v for k, v in record.items() if k != "state_dict"}
 

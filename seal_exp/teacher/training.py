@@ -53,6 +53,7 @@ class TeacherStage:
     cfg: DictConfig
     plan: Plan
     data: DataSplits
+    data_fingerprint: str | None  # the data's content (seal_exp.data.fingerprint), recorded with the teacher
     val_loader: Any
     test_loader: Any
     should_stop: Callable[[], bool]
@@ -66,6 +67,8 @@ class TeacherStage:
             teacher.record = self.train_into_cache()
             test_acc = teacher.record["test_acc"]
         else:  # measured on this run's test split, whatever split it was trained with
+            # (and checked against the data again: an event dataset's fingerprint is known once it is built)
+            cache.check_data(teacher.record, teacher.source, self.data_fingerprint)
             limit = plan.settings.limit_eval_batches
             test_acc = evaluate(teacher.model, self.test_loader, plan.device, limit, dist).acc
         teacher.model.requires_grad_(False)  # frozen from here on (and left out of DDP's gradient sync)
@@ -94,7 +97,7 @@ class TeacherStage:
         with FileLock(str(path) + ".lock") if dist.is_main else contextlib.nullcontext():
             if dist.share(path.is_file()):
                 log.info("another job trained this teacher meanwhile; reusing %s", path)
-                return cache.load_into(teacher.model, teacher.source, self.cfg)
+                return cache.load_into(teacher.model, teacher.source, self.cfg, self.data_fingerprint)
             val_acc, test_acc, best_epoch = self._fit()
             record = None
             if dist.is_main:
@@ -106,6 +109,7 @@ class TeacherStage:
                     test_acc=test_acc,
                     best_epoch=best_epoch,
                     data_split_id=self.data.split_id,
+                    data_fingerprint=self.data_fingerprint,
                 )
             return dist.share(record)  # the others wait here until the cache file is written
 
