@@ -194,6 +194,36 @@ def project_root() -> str:
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
+
+@functools.cache
+def top_level_keys() -> frozenset[str]:
+    """The keys a composed config may hold at its top: ``conf/train.yaml``'s own, its groups', Hydra's."""
+    own = OmegaConf.load(CONF_DIR / "train.yaml")
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    return frozenset({*own.keys(), *groups, "hydra"} - {"defaults"})
+
+
+def check_top_level_keys(cfg: DictConfig) -> None:
+    """Refuse a top-level key nothing reads (``+foo=1``, ``++lr=0.1``): it would do nothing but change the
+    job's identity, and is most often a setting meant for a group (``optim.lr``)."""
+    unknown = sorted(set(cfg.keys()) - top_level_keys())
+    if not unknown:
+        return
+    key = unknown[0]
+    known = sorted(top_level_keys() - {"hydra"})
+    inner = sorted(f"{g}.{key}" for g in known if isinstance(cfg.get(g), DictConfig) and key in cfg[g])
+    advice = (
+        f"did you mean {' or '.join(inner)}? Set that key instead."
+        if inner
+        else f"drop it, or put it under the group that reads it (+dataset.{key}=... for a custom dataset "
+        f"class). The top-level keys are {', '.join(known)}."
+    )
+    raise ConfigError(
+        f"{key}: seal-exp reads no top-level setting of that name, so it would only change the job's "
+        f"identity; {advice}"
+    )
+
+
 OmegaConf.register_new_resolver("project_root", project_root, replace=True)
 
 # Four hex digits drawn once per process: with the time to the second, two runs (or sweeps) started

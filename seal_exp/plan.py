@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 from torch import nn
 
-from seal_exp.config import ConfigError, build, check_numbers, invalid
+from seal_exp.config import ConfigError, build, check_numbers, check_top_level_keys, invalid
 from seal_exp.data import DataSplits, make_loader
 from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
@@ -130,6 +130,7 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
     ``data=False`` (the benchmark, which feeds synthetic batches): no dataset, no tracking store and no
     output folder.
     """
+    check_top_level_keys(cfg)
     check_numbers(cfg)
     if cfg.stage not in STAGES:
         raise invalid("stage", cfg.stage, f"choose one of {', '.join(STAGES)}")

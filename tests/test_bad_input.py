@@ -67,6 +67,24 @@ def test_a_value_of_the_wrong_type_is_refused_by_its_key(tmp_path, override, rul
         prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", override]))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+foo=1",
+            r"^foo: seal-exp reads no top-level setting of that name.*\+dataset\.foo=.*keys are dataset,",
+        ),
+        ("++lr=0.1", r"^lr: seal-exp reads no top-level setting .*did you mean optim\.lr\?"),
+        ("+epochs=3", r"^epochs: .*did you mean trainer\.epochs\?"),
+    ],
+)
+def test_a_top_level_key_nothing_reads_is_refused(tmp_path, override, message):
+    """``+foo=1`` would only change the job's identity (a typo, or a setting meant for a group)."""
+    with pytest.raises(ConfigError, match=message):
+        prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", override]))
+    prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", "++seed=2"]))  # an existing key may be forced
+
+
 def test_constructors_refuse_non_finite_numbers_outside_hydra_too():
     with pytest.raises(InvalidArgument, match="lr=inf: use a finite number"):
         sgd([nn.Linear(2, 2)], lr=math.inf)
@@ -156,6 +174,7 @@ def test_the_cli_exits_2_with_one_line_naming_the_key(tmp_path):
     cases = {
         "optim.lr=inf": "optim.lr=inf is invalid: use a finite number",
         "teacher.checkpoint=/nonexistent": "teacher.checkpoint=/nonexistent is set but distiller=none",
+        "+foo=1": "foo: seal-exp reads no top-level setting of that name",
     }
     for override, message in cases.items():
         extra = ["distiller=none"] if override.startswith("teacher.") else []

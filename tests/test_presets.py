@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from hydra import compose, initialize_config_dir
 
-from seal_exp.config import CONF_DIR
+from seal_exp.config import CONF_DIR, check_top_level_keys
+from tests.conftest import make_cfg
 
 SIGMOID = ("hard", "sigmoid", "alpha", 4.0)  # the reference LIF of SeAl, TKD (and our TSER)
 TRIANGLE = ("hard", "triangle", "gamma", 1.0)  # the SAMD/NLD code's neuron
@@ -247,6 +248,12 @@ def test_every_preset_names_its_source_and_marks_its_settings():
         if name.split("_")[0] in ("samd", "s2w", "w2s", "vanilla", "tser"):
             assert "(code)" in text or "(paper)" in text, name
             assert "(ours)" in text, name
+
+
+def test_every_preset_keeps_to_the_known_top_level_keys(tmp_path):
+    """A preset may set any key, but adds no top-level one: those are refused as typos."""
+    for name in PRESETS:
+        check_top_level_keys(make_cfg(tmp_path, [f"experiment={name}"]))
 
 
 def test_every_preset_family_composes_from_the_command_line(monkeypatch, capsys):
