@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from seal_exp.config import build, invalid, project_root, require
+from seal_exp.config import ConfigError, build, invalid, project_root, require
 
 log = logging.getLogger(__name__)
 
@@ -487,17 +487,27 @@ class MLflowSweepCallback(Callback):
         self._failed = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracker = build(config.tracking, "tracking")  # a bad tracking.uri: the run's one-line message
-        if not isinstance(tracker, MLflowTracker):
-            return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        tags = {
-            "sweep.dir": str(sweep_dir.resolve()),
-            "sweep.parent": "true",
-            "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
-            **git_tags(),
-        }
-        run_id = tracker.open_parent(f"sweep {sweep_dir.name}", tags)
+        """Open the parent run; a tracking store the jobs could not use either (a bad ``tracking.uri``, a
+        server that does not answer, a read-only store) stops the sweep here, before any job starts.
+
+        Hydra turns a callback's exception into a warning, so the stop is a ``SystemExit`` (exit 2).
+        """
+        try:
+            tracker = build(config.tracking, "tracking")
+            if not isinstance(tracker, MLflowTracker):
+                return
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            tags = {
+                "sweep.dir": str(sweep_dir.resolve()),
+                "sweep.parent": "true",
+                "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
+                **git_tags(),
+            }
+            run_id = tracker.open_parent(f"sweep {sweep_dir.name}", tags)
+        except ConfigError as exc:
+            message = f"{str(exc).rstrip('.')}. No job of the sweep was started."
+            print(f"seal-exp: configuration error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
         (sweep_dir / TRACKING_URI_FILE).write_text(tracker.uri)

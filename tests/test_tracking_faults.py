@@ -215,6 +215,24 @@ def test_unreachable_server_stops_the_cli_with_a_configuration_error(tmp_path):
     assert not list(tmp_path.glob("outputs/*/*/summary.json"))
 
 
+@pytest.mark.slow
+def test_a_sweep_with_an_unreachable_server_stops_before_any_job(tmp_path):
+    """Hydra turns a callback's error into a warning; the sweep must not start jobs that would each refuse."""
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    sweep = tmp_path / "sweep"
+    tracking = ["tracking=mlflow_server", f"tracking.uri={uri}"]
+    proc = run_cli(
+        ["-m", *SMOKE, "seed=0,1", f"paths.root={tmp_path}", *tracking, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"seal-exp: configuration error: tracking.uri={uri!r} is invalid"), line
+    assert line.endswith("No job of the sweep was started.")
+    assert not sweep.exists()
+
+
 def test_read_only_store_folder_is_refused_up_front(tmp_path, monkeypatch):
     """Tests run as root, where chmod does not stop writes: ``os.access`` stands in for the mount."""
     folder = tmp_path / "shared"
