@@ -442,3 +442,49 @@ def test_a_truncated_last_pt_is_refused_and_its_run_closed_as_failed(tmp_path, m
         train(cfg)
     (run,) = student_runs(tmp_path)
     assert run.info.status == "FAILED" and "cannot read" in run.data.tags["seal.failure"]
+
+
+class Augmented(torch.utils.data.Dataset):
+    """Samples that draw from the global RNG when read (as augmentation does), counting the reads."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.reads = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return torch.tensor([float(i)]) + torch.rand(1), i
+
+
+def test_a_mid_epoch_resume_without_workers_reads_only_the_remaining_batches():
+    """The batches already trained are not read again, yet every later batch (its samples and their
+    random augmentation) and the loader's generator come out as without the interruption."""
+    from seal_exp.data.loaders import make_loader
+    from seal_exp.training.epoch import EpochTotals, _batches_from
+
+    data = Augmented(20)
+    loader = make_loader(data, 4, shuffle=True, seed=3)
+    start = loader.generator.get_state()
+    torch.manual_seed(11)
+    batches, boundary = iter(loader), None
+    uninterrupted = []
+    for k in range(5):
+        if k == 2:
+            boundary = checkpoint.rng_states()  # what last.pt holds after two steps
+        uninterrupted.append(next(batches))
+    assert next(batches, None) is None  # the epoch's end: the sampler makes its last draws
+    after = loader.generator.get_state()
+
+    loader.generator.set_state(start)
+    torch.manual_seed(999)  # whatever the resumed process drew before
+    data.reads = 0
+    totals = EpochTotals.zeros(torch.device("cpu"))
+    totals.steps, totals.rng = 2, boundary
+    resumed = list(_batches_from(loader, totals))
+    assert data.reads == 12  # batches 2, 3, 4 only
+    assert len(resumed) == 3
+    for got, want in zip(resumed, uninterrupted[2:], strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(loader.generator.get_state(), after)

@@ -78,8 +78,8 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losin
     """submitit_local sends the pre-timeout signal 30 s before the limit, so 30 s into every 1-minute
     attempt. The job reads its training samples at a fixed pace (tests/paced_data.py), so it trains
     for more than 30 s on any machine: it must checkpoint, be requeued and continue from where it
-    stopped, maybe more than once. An attempt that resumes mid-epoch draws that epoch's earlier batches
-    again (16 s at most here), so it still gets further than the one before."""
+    stopped, maybe more than once. An attempt that resumes mid-epoch skips that epoch's earlier batches
+    without reading them (the data is in memory, so there are no loader workers)."""
     sweep_dir = tmp_path / "sweep"
     proc = run_cli(
         [

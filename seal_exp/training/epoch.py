@@ -6,14 +6,14 @@ once per epoch (plus a progress-bar refresh every few steps for the human watchi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from seal_exp.models.neurons import reset_spiking_state
@@ -183,8 +183,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``: the sample-weighted mean of every loss term, and the train accuracy.
 
-    ``partial`` continues an epoch interrupted after ``partial.steps`` optimiser steps: those batches
-    are drawn again, so the sampler and any loader workers are where they were, but not trained on.
+    ``partial`` continues an epoch interrupted after ``partial.steps`` optimiser steps: the sampler
+    draws those batches again, so it (and any loader workers) end where they were; they are not
+    trained on, and without workers not even read.
     ``after_step(step, totals)`` runs at every step boundary (checkpoints, the pre-timeout signal).
     Data-parallel (``objective`` wrapped in DDP): the totals are summed over the ranks at the end,
     and the ranks agree on the first non-finite step whenever one of them looks.
@@ -245,14 +246,53 @@ def _lagged_check(
 
 
 def _batches_from(loader: DataLoader, totals: EpochTotals) -> Any:
-    """The loader's batches after the ``totals.steps`` already trained; the RNG states of that boundary."""
-    batches = iter(loader)
-    for _ in range(totals.steps):
-        next(batches)
+    """The loader's batches after the ``totals.steps`` already trained; the RNG states of that boundary.
+
+    Without loader workers the batches already trained are not read again: only their indices are
+    drawn, so the sampler (and the loader's generator) end where they were, and the global RNG states an
+    augmentation would have drawn from are put back just after. Loader workers each hold an RNG that the
+    skipped samples advanced, so there the batches are read again (and not trained on).
+    """
+    if loader.num_workers == 0 and totals.steps:
+        batches = iter(_after_first_batches(loader, totals.steps))
+    else:
+        batches = iter(loader)
+        for _ in range(totals.steps):
+            next(batches)
     if totals.rng is not None:  # the global RNG states of the step boundary it stopped at
         checkpoint.restore_rng_states(totals.rng)
         totals.rng = None
     return batches
+
+
+class _AfterFirst(Sampler[list[int]]):
+    """A batch sampler's batches after its first ``skip``, which are drawn (the sampler's random order
+    advances as before) but not handed on."""
+
+    def __init__(self, batches: Any, skip: int) -> None:
+        self.batches, self.skip = batches, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        drawn = iter(self.batches)
+        for _ in range(self.skip):
+            next(drawn, None)
+        yield from drawn
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) - self.skip)
+
+
+def _after_first_batches(loader: DataLoader, skip: int) -> DataLoader:
+    """``loader`` (no workers) without its first ``skip`` batches; the same generator, so the one draw each
+    iteration makes from it comes out as ``iter(loader)``'s would."""
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=_AfterFirst(loader.batch_sampler, skip),
+        num_workers=0,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        generator=loader.generator,
+    )
 
 
 def _stop_if_nonfinite(step: int, terms: dict[str, torch.Tensor], epoch: int, last_good: Path | None) -> None:
