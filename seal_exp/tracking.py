@@ -288,6 +288,18 @@ class MLflowTracker:
         run = _retrying(self.client.create_run, self.experiment_id(), run_name=run_name, tags=tags)
         return run.info.run_id
 
+    def has_children(self) -> bool:
+        """Whether the active run is the parent of any run, in any experiment (a sweep over datasets
+        puts its jobs' runs in one experiment per dataset)."""
+        experiments = [e.experiment_id for e in all_pages(self.client.search_experiments)]
+        found = _retrying(
+            self.client.search_runs,
+            experiments,
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'",
+            max_results=1,
+        )
+        return bool(found)
+
     def start(
         self, run_name: str, params: dict[str, str], tags: dict[str, str], parent_run_id: str | None = None
     ) -> None:
@@ -524,9 +536,15 @@ class MLflowSweepCallback(Callback):
         self._close("FAILED" if self._failed else "FINISHED")
 
     def _close(self, status: str) -> None:
-        if self._tracker is not None:
-            self._tracker.finish(status)
-            self._tracker = None
+        """Close the parent run; a failed sweep none of whose jobs got as far as its own run (each refused
+        its config, say) leaves nothing to look at, so its empty parent is deleted instead."""
+        tracker, self._tracker = self._tracker, None
+        if tracker is None:
+            return
+        tracker.finish(status)
+        if status == "FAILED" and not tracker.has_children():
+            _retrying(tracker.client.delete_run, tracker.run_id)
+            log.warning("no job of the sweep started a tracked run: its empty MLflow parent run was deleted")
 
 
 def default_tracking_uri() -> str:

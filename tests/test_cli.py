@@ -45,6 +45,27 @@ def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
 
 
+def test_a_sweep_whose_jobs_all_refuse_their_config_leaves_no_run(tmp_path):
+    """Each job stops before its own run; the sweep's parent, with nothing under it, is deleted."""
+    proc = run_cli(["-m", "seed=0,1", "optim.lr=inf", *SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "seal-exp: configuration error: optim.lr=inf is invalid" in proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])] == []
+
+
+def test_a_failed_sweep_with_runs_keeps_its_parent_failed(tmp_path):
+    """Job 0 trains, job 1 refuses its config: the parent stays, FAILED, with job 0 under it."""
+    proc = run_cli(["-m", "optim.lr=0.1,inf", *SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    (parent,) = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    assert parent.info.status == "FAILED"
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert child.info.status == "FINISHED"
+
+
 def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     proc = run_cli(["distiller=bogus", f"paths.root={tmp_path}"], cwd=tmp_path)
     assert proc.returncode == 2  # a user error, like every configuration error
