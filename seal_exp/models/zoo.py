@@ -67,12 +67,47 @@ def _take_stem(container: nn.Module, conv: str, bn: str, pool: str | None = None
     return StaticStem(modules[0], modules[1], modules[2])
 
 
-class _TimeMajorZoo(SpikingNetwork):
+class _ZooNetwork(SpikingNetwork):
     """A zoo network ``self.net`` built with the run's neuron, its stem taken out as the static stem.
 
-    Subclasses say where the zoo keeps its stem (:meth:`stem_paths`) and stages (:meth:`stage_paths`),
-    and run its modules up to the per-timestep logits (:meth:`body`).
+    Subclasses take the stem out (:meth:`take_stem`), say where the zoo keeps its stages
+    (:meth:`stage_paths`) and run its modules up to the per-timestep logits (:meth:`body`).
     """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        T: int,
+        neuron: Callable[[], nn.Module],
+        net: Callable[..., nn.Module],
+        stem_once: bool = True,
+        stem_options: dict[str, Any] | None = None,
+        zoo_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(T, stem_once)
+        zoo = _zoo(net, neuron, num_classes, **(zoo_options or {}))
+        # registered first: modules in running order
+        self.stem = self.take_stem(zoo, in_channels, **(stem_options or {}))
+        self.net = zoo
+        self.feature_stages = {name: f"net.{path}" for name, path in self.stage_paths(zoo).items()}
+        functional.set_step_mode(self, "m")
+        single_step(self.stem)
+
+    @abc.abstractmethod
+    def take_stem(self, zoo: nn.Module, in_channels: int, **options: Any) -> StaticStem:
+        """The static stem, moved out of ``zoo`` (identities take its places); any other change the zoo
+        network needs for this run's inputs."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def stage_paths(zoo: nn.Module) -> dict[str, str]:
+        """Tappable stage name → path inside the zoo network, input to output."""
+
+
+class _TimeMajorZoo(_ZooNetwork):
+    """A zoo network that takes ``T`` and ``in_channels`` itself; its own first conv, BN (and pooling)
+    become the static stem, found at :meth:`stem_paths`."""
 
     def __init__(
         self,
@@ -84,27 +119,20 @@ class _TimeMajorZoo(SpikingNetwork):
         attention_v_threshold: float | None = None,
         stem_once: bool = True,
     ) -> None:
-        super().__init__(T, stem_once)
-        zoo = _zoo(net, neuron, num_classes, T=T, in_channels=in_channels)
-        self.stem = _take_stem(zoo, *self.stem_paths(zoo))  # registered first: modules in running order
-        self.net = zoo
-        self.feature_stages = {name: f"net.{path}" for name, path in self.stage_paths(zoo).items()}
-        functional.set_step_mode(self, "m")
-        single_step(self.stem)
+        shape = {"T": T, "in_channels": in_channels}
+        super().__init__(in_channels, num_classes, T, neuron, net, stem_once, zoo_options=shape)
         _attention_threshold(self, attention_v_threshold)
+
+    def take_stem(self, zoo: nn.Module, in_channels: int, **options: Any) -> StaticStem:
+        return _take_stem(zoo, *self.stem_paths(zoo))
 
     @staticmethod
     @abc.abstractmethod
     def stem_paths(zoo: nn.Module) -> tuple[str, str, str | None]:
         """Paths of the first conv, its BN and any pooling before the first neuron, inside the zoo network."""
 
-    @staticmethod
-    @abc.abstractmethod
-    def stage_paths(zoo: nn.Module) -> dict[str, str]:
-        """Tappable stage name → path inside the zoo network, input to output."""
 
-
-class ZooSEWResNet(SpikingNetwork):
+class ZooSEWResNet(_ZooNetwork):
     """spikingjelly's SEW-ResNet (Fang et al., 2021; ``cnf`` ADD/AND/IAND set in ``net``).
 
     ``stem: imagenet`` keeps the zoo's conv7×7 stride 2 + max-pool; ``cifar`` uses conv3×3 stride 1
@@ -121,60 +149,59 @@ class ZooSEWResNet(SpikingNetwork):
         stem: str = "imagenet",
         stem_once: bool = True,
     ) -> None:
-        super().__init__(T, stem_once)
         require(stem in ZOO_STEMS, "stem", stem, f"choose one of {', '.join(ZOO_STEMS)}")
-        zoo = _zoo(net, neuron, num_classes)
+        super().__init__(in_channels, num_classes, T, neuron, net, stem_once, stem_options={"kind": stem})
+
+    def take_stem(self, zoo: nn.Module, in_channels: int, **options: Any) -> StaticStem:
+        """A new first conv for ``in_channels`` (the zoo's takes 3), with the zoo's BN."""
         width = zoo.conv1.out_channels
-        if stem == "cifar":
+        if options["kind"] == "cifar":
             conv = layer.Conv2d(in_channels, width, 3, 1, 1, bias=False)
             zoo.maxpool = nn.Identity()
         else:
             conv = layer.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-        self.stem = StaticStem(kaiming_conv(conv), zoo.bn1)  # registered first: modules in running order
+        stem = StaticStem(kaiming_conv(conv), zoo.bn1)
         zoo.conv1, zoo.bn1 = nn.Identity(), nn.Identity()
-        self.net = zoo
-        functional.set_step_mode(self, "m")
-        single_step(self.stem)
-        self.feature_stages = {"stem": "net.sn1", **{f"layer{i}": f"net.layer{i}" for i in range(1, 5)}}
+        return stem
+
+    @staticmethod
+    def stage_paths(zoo: nn.Module) -> dict[str, str]:
+        return {"stem": "sn1", **{f"layer{i}": f"layer{i}" for i in range(1, 5)}}
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-class ZooSpikingVGG(SpikingNetwork):
+class ZooSpikingVGG(_ZooNetwork):
     """spikingjelly's spiking VGG with BatchNorm (e.g. ``spiking_vgg11_bn``).
 
     Its max-pools round up (``ceil_mode``), which changes nothing on 32×32 or 224×224 inputs and lets
     28×28 images survive five halvings. Stages ``block1`` … are the outputs of the max-pools.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        T: int,
-        neuron: Callable[[], nn.Module],
-        net: Callable[..., nn.Module],
-        stem_once: bool = True,
-    ) -> None:
-        super().__init__(T, stem_once)
-        zoo = _zoo(net, neuron, num_classes)
+    def take_stem(self, zoo: nn.Module, in_channels: int, **options: Any) -> StaticStem:
+        """A new first conv for ``in_channels`` (the zoo's takes 3), with the zoo's first BN; every
+        max-pool set to round up."""
         features = zoo.features
         first = features[0]
         conv = layer.Conv2d(in_channels, first.out_channels, 3, 1, 1, bias=first.bias is not None)
         require(
-            isinstance(features[1], nn.BatchNorm2d), "net", net, "use a spiking VGG with BatchNorm (*_bn)"
+            isinstance(features[1], nn.BatchNorm2d),
+            "net",
+            type(zoo).__name__,
+            "use a spiking VGG with BatchNorm (*_bn)",
         )
-        self.stem = StaticStem(kaiming_conv(conv), features[1])  # registered first: modules in running order
+        stem = StaticStem(kaiming_conv(conv), features[1])
         features[0], features[1] = nn.Identity(), nn.Identity()
-        self.net = zoo
-        self.feature_stages = {}
-        for i, module in enumerate(features):
+        for module in features:
             if isinstance(module, nn.MaxPool2d):
                 module.ceil_mode = True
-                self.feature_stages[f"block{len(self.feature_stages) + 1}"] = f"net.features.{i}"
-        functional.set_step_mode(self, "m")
-        single_step(self.stem)
+        return stem
+
+    @staticmethod
+    def stage_paths(zoo: nn.Module) -> dict[str, str]:
+        pools = [i for i, module in enumerate(zoo.features) if isinstance(module, nn.MaxPool2d)]
+        return {f"block{k}": f"features.{i}" for k, i in enumerate(pools, start=1)}
 
     def body(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
