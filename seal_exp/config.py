@@ -230,3 +230,7 @@ OmegaConf.register_new_resolver("project_root", project_root, replace=True)
 # in the same second never share a folder.
 _PROCESS_TAG = secrets.token_hex(2)
 OmegaConf.register_new_resolver("process_tag", lambda: _PROCESS_TAG, replace=True)
+
+# slurm_ddp: one task (one DDP rank) per GPU; a CPU-only job (gpus_per_node=0) runs one task unless
+# tasks_per_node says how many (gloo ranks).
+OmegaConf.register_new_resolver("one_task_per_gpu", lambda gpus: max(int(gpus), 1), replace=True)

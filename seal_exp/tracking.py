@@ -535,14 +535,16 @@ class MLflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._close("FAILED" if self._failed else "FINISHED")
 
+    refused_jobs = 0  # jobs of this process's sweep that refused their config (train.main counts them)
+
     def _close(self, status: str) -> None:
-        """Close the parent run; a failed sweep none of whose jobs got as far as its own run (each refused
-        its config, say) leaves nothing to look at, so its empty parent is deleted instead."""
+        """Close the parent run. A sweep that failed because its jobs refused their config, none getting
+        as far as its own run, leaves nothing to look at: its empty parent is deleted instead."""
         tracker, self._tracker = self._tracker, None
         if tracker is None:
             return
         tracker.finish(status)
-        if status == "FAILED" and not tracker.has_children():
+        if status == "FAILED" and MLflowSweepCallback.refused_jobs and not tracker.has_children():
             _retrying(tracker.client.delete_run, tracker.run_id)
             log.warning("no job of the sweep started a tracked run: its empty MLflow parent run was deleted")
 

@@ -32,7 +32,7 @@ from seal_exp.run.session import Job
 from seal_exp.seeding import seed_rank
 from seal_exp.teacher import cached_logits
 from seal_exp.teacher.training import TeacherStage
-from seal_exp.tracking import NoTracker
+from seal_exp.tracking import MLflowSweepCallback, NoTracker
 from seal_exp.training.loop import Fit, FitResult, fit
 
 log = logging.getLogger("seal_exp")
@@ -225,9 +225,27 @@ def _student_summary(
 _JOB = {"started": False}  # whether Hydra got as far as a job (else its exit 1 was a config it refused)
 
 
+def submitit_logs_once() -> None:
+    """submitit's logger writes a warning to stdout and stderr and passes it on to Hydra's root handler:
+    three copies of every "Bypassing sacct error". Here each record goes out once: warnings to stderr,
+    the rest to stdout, nothing to the root logger."""
+    from submitit.core import logger  # configures its handlers when first imported; adjust them after
+
+    submitit_log = logger.get_logger()
+    submitit_log.propagate = False
+    for handler in submitit_log.handlers:  # its own stdout handler ("submitit_out"), no one else's
+        if handler.get_name() == "submitit_out" and not handler.filters:
+            handler.addFilter(_below_warning)
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.WARNING
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     _JOB["started"] = True
+    submitit_logs_once()  # a SLURM job's own process (the launching one is set up in cli())
     try:
         summary = train(cfg)
     except JobRunning as exc:  # the same job in another process: not a configuration mistake
@@ -235,6 +253,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except ConfigError as exc:
         print(f"seal-exp: configuration error: {exc}", file=sys.stderr, flush=True)
+        MLflowSweepCallback.refused_jobs += 1
         sys.exit(2)
     except KeyboardInterrupt:  # a second SIGINT / SIGTERM, or one outside training: the run is KILLED
         print("seal-exp: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
@@ -295,6 +314,7 @@ def cli() -> None:
     sys.argv += torchrun_follower_overrides(sys.argv[1:], dict(os.environ))
     refuse_missing_scheduler(sys.argv[1:])
     refuse_unwritable_folders(sys.argv[1:])
+    submitit_logs_once()
     try:
         main()
     except SystemExit as exc:

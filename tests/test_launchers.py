@@ -76,6 +76,11 @@ def test_slurm_ddp_preset_runs_one_task_per_gpu() -> None:
     eight = launcher_cfg("slurm_ddp", ["hydra.launcher.gpus_per_node=8"]).hydra.launcher
     assert eight.tasks_per_node == 8
     assert instantiate(eight).params["tasks_per_node"] == 8
+    # CPU-only nodes: no GPU, one task unless told how many (each a gloo rank)
+    cpus = launcher_cfg("slurm_ddp", ["hydra.launcher.gpus_per_node=0"]).hydra.launcher
+    assert cpus.tasks_per_node == 1
+    two = launcher_cfg("slurm_ddp", ["hydra.launcher.gpus_per_node=0", "hydra.launcher.tasks_per_node=2"])
+    assert instantiate(two.hydra.launcher).params["tasks_per_node"] == 2
 
 
 @pytest.mark.parametrize(
@@ -218,3 +223,21 @@ def test_unknown_launcher_key_fails_before_submission(
         multirun(tmp_path, monkeypatch, ["hydra/launcher=slurm", "+hydra.launcher.mail_typo=END"])
     assert "Unknown argument 'mail_typo'" in capsys.readouterr().err
     assert fake_sbatch == []
+
+
+def test_a_submitit_warning_is_written_once() -> None:
+    """submitit writes warnings to stdout and stderr and passes them to the root logger (three copies
+    of each sacct warning per status check); after the setup one handler takes each record."""
+    import logging
+
+    from seal_exp.train import submitit_logs_once
+
+    submitit_logs_once()
+    submitit_logs_once()  # idempotent: a job's main() runs it again in the same process
+    log = logging.getLogger("submitit")
+    assert log.propagate is False
+    for level in (logging.INFO, logging.WARNING, logging.ERROR):
+        record = log.makeRecord("submitit", level, __file__, 1, "Bypassing sacct error", None, None)
+        streams = [h for h in log.handlers if type(h) is logging.StreamHandler]  # not pytest's capture
+        takers = [h for h in streams if level >= h.level and h.filter(record)]
+        assert len(takers) == 1, (level, takers)
