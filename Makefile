@@ -11,11 +11,12 @@ SWEEP ?= distiller.alpha=0.3,0.6 distiller.beta=0.05,0.15 neuron.T=2,4 trainer.e
 SWEEP_DIR ?= multirun/sweep/$(shell date +%Y-%m-%d_%H-%M-%S)_$(shell od -An -N2 -tx1 /dev/urandom | tr -d " \n")
 SWEEP_DIR := $(SWEEP_DIR)
 
-.PHONY: help install train test sweep compare ui lint clean models bench
+.PHONY: help install train test test-slurm sweep compare ui lint clean models bench
 
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make test    the test suite (~9 min on 2 CPU cores; the 15 slowest tests are listed at the end)"
+	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~9 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"
@@ -37,6 +38,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slurm: $(STAMP)
+	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)
 
 sweep: $(STAMP)
 	$(BIN)/python -m seal_exp.train -m $(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)

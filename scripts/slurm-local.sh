@@ -10,9 +10,11 @@
 #
 # Written for machines without systemd and without cgroups (containers, CI runners): nothing is enabled
 # as a service, processes are tracked by /proc (proctrack/linuxproc), and no task plugin confines jobs.
-# Each job gets its share of memory (DefMemPerCPU), so several jobs run side by side; a requeued job
-# starts again within seconds (cred_expire=10); an impossible request (a GPU on this node, more CPUs
-# than it has) fails at submission (EnforcePartLimits=ALL) instead of pending forever.
+# Each job gets its share of memory (DefMemPerCPU), so several jobs run side by side; an impossible
+# request (a GPU on this node, more CPUs than it has) fails at submission (EnforcePartLimits=ALL) instead
+# of pending forever. A requeued job starts again after SLURM's usual delay (about two minutes): with a
+# faster restart (AuthInfo=cred_expire=10) SLURM 22.05 signals the new attempt at once, with the old
+# attempt's time limit, and the job dies before it can handle the signal.
 # Settings: SLURM_LOCAL_PARTITION (default: debug), SLURM_LOCAL_STATE (default: /var/lib/seal-exp-slurm).
 set -euo pipefail
 
@@ -92,7 +94,6 @@ SlurmctldHost=$host
 SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=$STATE/run/slurmctld.pid

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seal_exp.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser(
-        "status", help="each job: finished / running / dead / failed / missing / other data"
+        "status", help="each job: finished / running / dead / killed / failed / missing / other data"
     )
     show.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)

@@ -4,8 +4,12 @@ takes jobs, every test here is skipped, saying so."""
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +98,87 @@ def test_an_impossible_request_fails_at_once_with_the_schedulers_message(tmp_pat
     assert "sbatch: error:" in done.stderr, done.stderr[-3000:]
     (parent,) = runs(tmp_path)
     assert parent.data.tags.get("sweep.parent") == "true" and parent.info.status == "FAILED"
+
+
+# The embedded digits read at a fixed pace: a job that lasts a known time on any machine.
+PACED = (
+    "dataset=mnist5k",
+    "dataset._target_=tests.paced_data.PacedMNIST5k",
+    "distiller=none",
+    "trainer.limit_train_batches=20",
+    "trainer.eval_batch_size=500",
+    "trainer.checkpoint_every_steps=5",
+    "trainer.progress=false",
+)
+WITH_TESTS = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def launch(root: Path, folder: Path, *overrides: str) -> subprocess.Popen:
+    """The sweep command in the background, as a user leaves it running on a login node."""
+    command = [sys.executable, "-m", "seal_exp.train", "-m", *ON_CPUS, *PACED, f"paths.root={root}"]
+    return subprocess.Popen(
+        [*command, f"hydra.sweep.dir={folder}", *overrides],
+        cwd=REPO,
+        env={**os.environ, **WITH_TESTS, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def slurm_jobs(folder: Path) -> list[str]:
+    """The SLURM job ids submitit recorded for the sweep (one folder per job under .submitit/)."""
+    return sorted(p.name for p in (folder / ".submitit").glob("*") if p.name[0].isdigit())
+
+
+def wait_until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} within {seconds:.0f} s")
+
+
+def test_scancel_marks_the_run_killed_and_the_status_says_so(tmp_path):
+    """scancel sends SIGTERM (then SIGKILL 30 s later): the job checkpoints at the next step, closes its
+    run as KILLED and exits; the sweep status shows it killed, and a relaunch resumes it."""
+    folder = tmp_path / "sweep"
+    sweep_proc = launch(tmp_path, folder, "+dataset.seconds_per_sample=0.01", "trainer.epochs=3", "seed=0")
+    try:
+        student = lambda: [r for r in runs(tmp_path) if r.data.tags.get("stage") == "distill"]  # noqa: E731
+        wait_until(lambda: (folder / "0" / "last.pt").is_file(), 240, "no checkpoint")
+        (job_id,) = slurm_jobs(folder)
+        subprocess.run(["scancel", job_id.split("_")[0]], check=True, timeout=30)
+        sweep_proc.wait(timeout=240)
+    finally:
+        sweep_proc.kill()
+    output = sweep_proc.stdout.read() if sweep_proc.stdout else ""
+    assert sweep_proc.returncode != 0, output[-3000:]
+    (run,) = student()
+    assert run.info.status == "KILLED", output[-3000:]
+    (job,) = sweep_status.status(folder)
+    assert job.status == "killed" and job.progress.startswith("last.pt after epoch")
+
+
+def test_a_job_at_its_time_limit_is_requeued_and_resumes_in_one_run_with_every_epoch_once(tmp_path):
+    """A 1-minute limit and USR2 30 s before it: the job checkpoints, submitit requeues it, and the next
+    attempt continues where it stopped, in the same MLflow run, however often that happens."""
+    folder = tmp_path / "sweep"
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30"]
+    paced = ["+dataset.seconds_per_sample=0.0125", "trainer.epochs=2", "seed=0"]
+    done = run_cli(
+        ["-m", *ON_CPUS, *PACED, f"paths.root={tmp_path}", f"hydra.sweep.dir={folder}", *limit, *paced],
+        REPO,
+        timeout=900,
+        env=WITH_TESTS,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = "".join(p.read_text() for p in folder.glob(".submitit/*/*_log.*"))
+    assert "Requeued" in logs or "requeued" in logs, logs[-3000:]
+    with (folder / "0" / "epochs.csv").open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
+    (run,) = [r for r in runs(tmp_path) if r.data.tags.get("stage") == "distill"]
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
+    history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/acc")
+    assert sorted(m.step for m in history) == [1, 2]

@@ -58,7 +58,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert statuses(first) == ["finished", "finished", "missing", "finished"]
     shown = run_cli(["status", str(first)], REPO, module="seal_exp.sweep")
     assert shown.returncode == 0
-    assert "4 jobs: 3 finished, 0 running, 0 dead, 0 failed, 1 missing" in shown.stdout
+    assert "4 jobs: 3 finished, 0 running, 0 dead, 0 killed, 0 failed, 1 missing" in shown.stdout
     relaunch = "To do so: python -m seal_exp.train -m hydra/launcher=local distiller.alpha=0.3,0.6 seed=0,1"
     assert relaunch in shown.stdout
     second = tmp_path / "sweep-2"
@@ -150,7 +150,7 @@ def test_a_running_job_that_no_process_holds_is_dead(tmp_path):
         held.release()
     assert [job.status for job in jobs] == ["dead", "running"]
     table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
-    assert "2 jobs: 0 finished, 1 running, 1 dead, 0 failed, 0 missing" in table
+    assert "2 jobs: 0 finished, 1 running, 1 dead, 0 killed, 0 failed, 0 missing" in table
     assert f"To do so: python -m seal_exp.train -m hydra/launcher=local paths.root={tmp_path}" in table
 
 
@@ -184,5 +184,5 @@ def test_a_job_finished_on_other_data_is_shown_and_relaunched(tmp_path):
     assert [job.status for job in jobs] == ["finished", "other data", "finished"]
     assert jobs[1].progress == f"trained on data 0123456789abcdef, the data at hand is {here}"
     table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
-    assert "3 jobs: 2 finished, 0 running, 0 dead, 0 failed, 0 missing, 1 other data" in table
+    assert "3 jobs: 2 finished, 0 running, 0 dead, 0 killed, 0 failed, 0 missing, 1 other data" in table
     assert "To do so: python -m seal_exp.train -m" in table

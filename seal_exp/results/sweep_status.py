@@ -1,13 +1,14 @@
-"""Which jobs of a sweep are finished, running, dead, failed or missing.
+"""Which jobs of a sweep are finished, running, dead, killed, failed, missing or on other data.
 
 The jobs are the sweep's own: its overrides (``multirun.yaml``, written by Hydra when the sweep started)
 are expanded as Hydra's basic sweeper does, each job's config is composed from ``conf/`` and its
 identity (:mod:`seal_exp.run.identity`) is looked up in the tracking store. So the status counts runs made
 by any launch of the same sweep command, in whatever folder: relaunching the command trains exactly
-the jobs shown as dead, failed, missing or other data. A job is *dead* when its run is still RUNNING in the
-store but no process holds its claim (:mod:`seal_exp.run.claim`): it was killed without a chance to close
-its run. It has *other data* when its runs were trained on data other than what its ``dataset.root``
-holds now (:mod:`seal_exp.data.fingerprint`; where the data cannot be found here, this is not checked).
+the jobs shown as dead, killed, failed, missing or other data. A job is *dead* when its run is still
+RUNNING in the store but no process holds its claim (:mod:`seal_exp.run.claim`): it was killed without a
+chance to close its run; *killed* when a signal stopped it and it closed its run so. It has *other data*
+when its runs were trained on data other than what its ``dataset.root`` holds now
+(:mod:`seal_exp.data.fingerprint`; where the data cannot be found here, this is not checked).
 ``python -m seal_exp.sweep status`` prints it.
 """
 
@@ -29,8 +30,8 @@ from seal_exp.run.claim import is_held
 from seal_exp.run.identity import CODE_TAG, DATA_TAG, code_version, job_identity, same_data
 from seal_exp.tracking import TRACKING_URI_FILE, MLflowTracker
 
-STATUSES = ("finished", "running", "dead", "failed", "missing", "other data")
-STATUS_OF_RUN = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running"}
+STATUSES = ("finished", "running", "dead", "killed", "failed", "missing", "other data")
+STATUS_OF_RUN = {"FINISHED": "finished", "RUNNING": "running", "SCHEDULED": "running", "KILLED": "killed"}
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _fingerprint(node: Any, known: dict[str, str | None]) -> str | None:
 
 
 def relaunch_command(sweep_dir: Path) -> str:
-    """The command that relaunched trains the sweep's dead, failed and missing jobs (and skips the rest)."""
+    """The command that, relaunched, trains the sweep's unfinished jobs (and skips the finished ones)."""
     overrides, config = sweep_overrides(sweep_dir)
     launcher = [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra/launcher=")]
     return " ".join(["python -m seal_exp.train -m", *launcher, *overrides])
@@ -159,8 +160,9 @@ def format_table(jobs: list[Job], relaunch: str | None = None) -> str:
         f"{len(jobs)} jobs: "
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
         + ". Relaunching the sweep command trains the failed, missing and other-data ones and resumes the "
-        "dead ones from their last.pt (dead: its run says RUNNING but no process holds the job; other data: "
-        "its runs were trained on data other than what dataset.root holds now)."
+        "dead and killed ones from their last.pt (dead: its run says RUNNING but no process holds the job; "
+        "killed: stopped by a signal, scancel or a time limit; other data: its runs were trained on data "
+        "other than what dataset.root holds now)."
     )
     if relaunch and any(job.status in STATUSES[2:] for job in jobs):
         lines.append(f"To do so: {relaunch}")
