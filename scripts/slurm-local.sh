@@ -12,9 +12,9 @@
 # as a service, processes are tracked by /proc (proctrack/linuxproc), and no task plugin confines jobs.
 # Each job gets its share of memory (DefMemPerCPU), so several jobs run side by side; an impossible
 # request (a GPU on this node, more CPUs than it has) fails at submission (EnforcePartLimits=ALL) instead
-# of pending forever. A requeued job starts again after SLURM's usual delay (about two minutes): with a
-# faster restart (AuthInfo=cred_expire=10) SLURM 22.05 signals the new attempt at once, with the old
-# attempt's time limit, and the job dies before it can handle the signal.
+# of pending forever. A requeued job starts again within about 30 s (cred_expire=10) and is started by
+# the main scheduler (sched/builtin): a requeued job the backfill scheduler starts gets SLURM 22.05's
+# time-limit signal (--signal) at once, and dies before it can handle it (sacct: FAILED 12:0).
 # Settings: SLURM_LOCAL_PARTITION (default: debug), SLURM_LOCAL_STATE (default: /var/lib/seal-exp-slurm).
 set -euo pipefail
 
@@ -94,6 +94,8 @@ SlurmctldHost=$host
 SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
+SchedulerType=sched/builtin
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=$STATE/run/slurmctld.pid

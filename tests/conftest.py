@@ -48,6 +48,16 @@ def shaped_cfg(
     )
 
 
+def tracked_runs(root: Path, stage: str | None = None) -> list:
+    """The active MLflow runs of every experiment in ``root``'s SQLite store (``stage``: only those tagged
+    with it, e.g. the students' ``distill`` runs, leaving out sweep parents)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    found = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    return [r for r in found if stage is None or r.data.tags.get("stage") == stage]
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 from fixtures_images import write_cifar, write_imagenet
-from mlflow.tracking import MlflowClient
 
 from seal_exp.config import ConfigError, build
 from seal_exp.data.embedded import Digits, MNIST5k
 from seal_exp.data.mnist5k_dvs import MNIST5kDVS
 from seal_exp.train import train
-from tests.conftest import make_cfg
+from tests.conftest import make_cfg, tracked_runs
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 SMALL = (
@@ -92,16 +91,6 @@ def test_embedded_fingerprints_are_their_shipped_files(tmp_path, monkeypatch):
     assert MNIST5k("mnist5k", 10, 1, 28).fingerprint() != mnist
 
 
-def runs(root: Path) -> list:
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    return [
-        r
-        for e in client.search_experiments()
-        for r in client.search_runs([e.experiment_id])
-        if r.data.tags.get("stage") == "distill"
-    ]
-
-
 def test_other_data_under_the_same_config_is_trained_not_reported(imagenet, tmp_path, capsys):
     """The same config on other data is another result: not skipped as finished, not resumed, and not
     distilled from a teacher cached for the old data."""
@@ -116,7 +105,7 @@ def test_other_data_under_the_same_config_is_trained_not_reported(imagenet, tmp_
     expected = dataset(tmp_path, "imagenet", a, "dataset.num_classes=3").fingerprint()
     assert first["data_fingerprint"] == expected
     assert json.loads((tmp_path / "ja" / "summary.json").read_text())["data_fingerprint"] == expected
-    (tagged,) = runs(tmp_path)
+    (tagged,) = tracked_runs(tmp_path, "distill")
     assert tagged.data.tags["seal.data"] == expected and tagged.info.status == "FINISHED"
 
     # the same files elsewhere: the same job, reported as finished
@@ -132,7 +121,7 @@ def test_other_data_under_the_same_config_is_trained_not_reported(imagenet, tmp_
     assert "skipped" not in other
     assert f"MLflow run {first['mlflow_run_id']} finished this job" in out and "on other data" in out
     assert other["data_fingerprint"] not in (None, expected)
-    assert len(runs(tmp_path)) == 2 and other["identity"] == first["identity"]
+    assert len(tracked_runs(tmp_path, "distill")) == 2 and other["identity"] == first["identity"]
     # each data's result is found again for that data
     c_cfg = f"teacher.cache_dir={tmp_path / 'teachers-c'}"
     assert run(c, "jc2", c_cfg)["reused_run"] == other["mlflow_run_id"]
@@ -141,4 +130,4 @@ def test_other_data_under_the_same_config_is_trained_not_reported(imagenet, tmp_
     # the first data's last.pt is not continued on other data
     with pytest.raises(ConfigError, match=r"last.pt was trained on other data .*dataset.root="):
         run(c, "ja", c_cfg, "skip_finished=false")
-    assert len(runs(tmp_path)) == 2
+    assert len(tracked_runs(tmp_path, "distill")) == 2

@@ -22,7 +22,7 @@ from seal_exp.run import checkpoint
 from seal_exp.run.identity import identity_config, job_identity
 from seal_exp.train import train
 from seal_exp.training.epoch import EpochTotals
-from tests.conftest import REPO, make_cfg
+from tests.conftest import REPO, make_cfg, tracked_runs
 
 # NLD draws noise every step from the run's generator, so its stream must be resumed too. Two
 # epochs of four steps: enough for a stop mid-epoch, at an epoch's end, and in the second epoch.
@@ -59,16 +59,6 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def store(root: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{root}/mlflow.db")
-
-
-def student_runs(root: Path) -> list:
-    client = store(root)
-    return [
-        r
-        for e in client.search_experiments()
-        for r in client.search_runs([e.experiment_id])
-        if r.data.tags.get("stage") == "distill"
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +130,7 @@ def test_a_job_sigkilled_mid_training_resumes_to_the_same_numbers_and_weights(tm
     killed_at = checkpoint.load(last)
     assert 0 < killed_at["global_step"] < TOTAL_STEPS and not killed_at["finished"], killed_at["global_step"]
     assert not (run_dir / "summary.json").exists()
-    assert student_runs(root)[0].info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+    assert tracked_runs(root, "distill")[0].info.status == "RUNNING"  # SIGKILL leaves no chance to close it
 
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -150,7 +140,7 @@ def test_a_job_sigkilled_mid_training_resumes_to_the_same_numbers_and_weights(tm
     assert same_weights(run_dir / "last.pt", ref_root / "out" / "last.pt")
     assert same_weights(run_dir / "best.pt", ref_root / "out" / "best.pt")
     # one MLflow run, reattached and finished, with every epoch's metrics logged exactly once
-    (run,) = student_runs(root)
+    (run,) = tracked_runs(root, "distill")
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     assert run.data.tags["resumed"] == "1"
     history = store(root).get_metric_history(run.info.run_id, "val/acc")
@@ -180,13 +170,13 @@ def test_a_relaunch_in_a_new_folder_continues_the_interrupted_run_of_the_same_jo
     interrupt_at(monkeypatch, 5)
     with pytest.raises(Interrupt):
         train(make_cfg(tmp_path, RUN, output=tmp_path / "first"))
-    (interrupted,) = student_runs(tmp_path)
+    (interrupted,) = tracked_runs(tmp_path, "distill")
     assert interrupted.info.status == "FAILED"
     monkeypatch.undo()
     summary = train(make_cfg(tmp_path, RUN, output=tmp_path / "second"))
     assert results(summary) == results(ref_summary)
     assert same_weights(tmp_path / "second" / "last.pt", ref_root / "out" / "last.pt")
-    (run,) = student_runs(tmp_path)  # the same MLflow run, continued
+    (run,) = tracked_runs(tmp_path, "distill")  # the same MLflow run, continued
     assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
     assert run.data.tags["output_dir"] == str((tmp_path / "second").resolve())
 
@@ -253,12 +243,12 @@ def test_the_pre_timeout_signal_checkpoints_at_the_next_step_then_hands_over(
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert exited.value.code == 3 and handed_over == [6]
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "KILLED"
     monkeypatch.undo()
     summary = train(cfg)  # what the requeued job does
     assert results(summary) == results(ref_summary)
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FINISHED"
 
 
@@ -288,12 +278,12 @@ def test_sigterm_and_sigint_checkpoint_mark_the_run_killed_and_exit_then_resume(
     assert signal.getsignal(stop) == before  # the job's handler is gone with the job
     assert f"stopped by {stop.name}" in capsys.readouterr().err
     assert checkpoint.load(tmp_path / "job" / "last.pt")["global_step"] == 5
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "KILLED"
     monkeypatch.undo()
     summary = train(cfg)
     assert results(summary) == results(ref_summary)
-    (again,) = student_runs(tmp_path)
+    (again,) = tracked_runs(tmp_path, "distill")
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
 
 
@@ -312,7 +302,7 @@ def test_a_second_sigterm_stops_at_once_and_the_run_is_killed(tmp_path, monkeypa
     monkeypatch.setattr(EpochTotals, "add", add)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(tmp_path, RUN, output=tmp_path / "job"))
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "KILLED"
 
 
@@ -325,7 +315,7 @@ def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch,
     assert again["test_acc"] == first["test_acc"]
     copied = json.loads((tmp_path / "b" / "summary.json").read_text())  # the new sweep folder is complete
     assert copied["test_acc"] == first["test_acc"] and copied["reused_run"] == first["mlflow_run_id"]
-    assert len(student_runs(tmp_path)) == 1
+    assert len(tracked_runs(tmp_path, "distill")) == 1
     assert again["trained_under_other_code"] is False
     # finished under other code (a plot edited, or a loss): still skipped, and the line says so
     store(tmp_path).set_tag(first["mlflow_run_id"], "seal.code", "0123456789ab")
@@ -340,10 +330,10 @@ def test_a_finished_job_is_not_trained_again_unless_asked(tmp_path, monkeypatch,
     assert json.loads((tmp_path / "e" / "summary.json").read_text())["test_acc"] == first["test_acc"]
     monkeypatch.undo()
     forced = train(make_cfg(tmp_path, [*overrides, "skip_finished=false"], output=tmp_path / "c"))
-    assert "skipped" not in forced and len(student_runs(tmp_path)) == 2
+    assert "skipped" not in forced and len(tracked_runs(tmp_path, "distill")) == 2
     # a deleted run does not count: the job trains again
     client = store(tmp_path)
-    for run in student_runs(tmp_path):
+    for run in tracked_runs(tmp_path, "distill"):
         client.delete_run(run.info.run_id)
     fresh = train(make_cfg(tmp_path, overrides, output=tmp_path / "d"))
     assert "skipped" not in fresh and fresh["test_acc"] == first["test_acc"]
@@ -383,7 +373,7 @@ def test_a_second_launch_of_a_running_job_stops_before_reading_data(tmp_path, mo
             train(cfg)
     finally:
         held.release()
-    assert student_runs(tmp_path) == []  # no second MLflow run, no files
+    assert tracked_runs(tmp_path, "distill") == []  # no second MLflow run, no files
     assert not (tmp_path / "second").exists()
 
 
@@ -420,11 +410,11 @@ def test_a_job_stopped_while_its_teacher_trains_continues_in_the_same_run_loggin
     monkeypatch.setattr(EpochTotals, "add", add)
     with pytest.raises(SystemExit):
         train(cfg)
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "KILLED" and not (tmp_path / "job" / "last.pt").exists()
     monkeypatch.undo()
     train(cfg)
-    (again,) = student_runs(tmp_path)
+    (again,) = tracked_runs(tmp_path, "distill")
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     client = store(tmp_path)
     for key in ("teacher/val/acc", "teacher/test/acc", "val/acc"):
@@ -436,11 +426,11 @@ def test_a_job_stopped_while_its_teacher_trains_continues_in_the_same_run_loggin
 def test_a_truncated_last_pt_is_refused_and_its_run_closed_as_failed(tmp_path, monkeypatch, reference):
     cfg, last = interrupted_job(tmp_path, monkeypatch, reference)
     last.write_bytes(last.read_bytes()[:100])  # a disk that filled up, a copy cut short
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     store(tmp_path).update_run(run.info.run_id, status="RUNNING")  # as a kill -9 leaves it
     with pytest.raises(ConfigError, match=rf"cannot read {last}"):
         train(cfg)
-    (run,) = student_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FAILED" and "cannot read" in run.data.tags["seal.failure"]
 
 

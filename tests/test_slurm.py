@@ -5,6 +5,7 @@ takes jobs, every test here is skipped, saying so."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from seal_exp.results import sweep_status
-from tests.conftest import REPO, SMOKE, run_cli
+from tests.conftest import REPO, SMOKE, run_cli, tracked_runs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -50,11 +51,6 @@ def cluster() -> None:
         )
 
 
-def runs(root: Path) -> list:
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-
-
 def sweep(root: Path, folder: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_cli(
         ["-m", *ON_CPUS, *SMOKE, f"paths.root={root}", f"hydra.sweep.dir={folder}", *overrides],
@@ -67,7 +63,7 @@ def test_a_two_job_sweep_is_one_parent_and_two_finished_runs_and_a_relaunch_trai
     first = tmp_path / "sweep-1"
     done = sweep(tmp_path, first, "seed=0,1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    found = runs(tmp_path)
+    found = tracked_runs(tmp_path)
     (parent,) = [r for r in found if r.data.tags.get("sweep.parent") == "true"]
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED"
@@ -85,7 +81,7 @@ def test_a_two_job_sweep_is_one_parent_and_two_finished_runs_and_a_relaunch_trai
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     logs = "".join(p.read_text() for p in (tmp_path / "sweep-2").glob(".submitit/*/*_log.*"))
     assert logs.count("already finished: MLflow run") == 1
-    students = [r for r in runs(tmp_path) if r.data.tags.get("stage") == "distill"]
+    students = tracked_runs(tmp_path, "distill")
     assert sorted(r.data.params["seed"] for r in students) == ["0", "1"]  # seed 1 trained again
     assert [job.status for job in sweep_status.status(first)] == ["finished", "finished"]
 
@@ -96,7 +92,7 @@ def test_an_impossible_request_fails_at_once_with_the_schedulers_message(tmp_pat
     done = sweep(tmp_path, tmp_path / "sweep", "seed=0,1", "hydra.launcher.gpus_per_node=1", timeout=120)
     assert done.returncode != 0
     assert "sbatch: error:" in done.stderr, done.stderr[-3000:]
-    (parent,) = runs(tmp_path)
+    (parent,) = tracked_runs(tmp_path)
     assert parent.data.tags.get("sweep.parent") == "true" and parent.info.status == "FAILED"
 
 
@@ -146,7 +142,7 @@ def test_scancel_marks_the_run_killed_and_the_status_says_so(tmp_path):
     folder = tmp_path / "sweep"
     sweep_proc = launch(tmp_path, folder, "+dataset.seconds_per_sample=0.01", "trainer.epochs=3", "seed=0")
     try:
-        student = lambda: [r for r in runs(tmp_path) if r.data.tags.get("stage") == "distill"]  # noqa: E731
+        student = lambda: tracked_runs(tmp_path, "distill")  # noqa: E731
         wait_until(lambda: (folder / "0" / "last.pt").is_file(), 240, "no checkpoint")
         (job_id,) = slurm_jobs(folder)
         subprocess.run(["scancel", job_id.split("_")[0]], check=True, timeout=30)
@@ -178,7 +174,25 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_in_one_run_with_every_e
     assert "Requeued" in logs or "requeued" in logs, logs[-3000:]
     with (folder / "0" / "epochs.csv").open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
-    (run,) = [r for r in runs(tmp_path) if r.data.tags.get("stage") == "distill"]
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
     history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/acc")
     assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_slurm_ddp_runs_two_gloo_ranks_on_cpus(tmp_path):
+    """``slurm_ddp`` on CPU nodes: ``gpus_per_node=0 tasks_per_node=2`` is one job of two tasks, each a
+    data-parallel rank talking gloo; the job reports both and ends FINISHED."""
+    folder = tmp_path / "sweep"
+    launcher = ["hydra/launcher=slurm_ddp", *ON_CPUS[1:], "hydra.launcher.tasks_per_node=2"]
+    done = run_cli(
+        ["-m", *launcher, *SMOKE, f"paths.root={tmp_path}", f"hydra.sweep.dir={folder}", "seed=0"],
+        REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((folder / "0" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    (run,) = tracked_runs(tmp_path, "distill")
+    assert run.info.status == "FINISHED"
+    assert len(list(folder.glob(".submitit/*/*_log.out"))) == 2  # one log per task

@@ -11,21 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from seal_exp.results import sweep_status
-from tests.conftest import REPO, SMOKE, run_cli
+from tests.conftest import REPO, SMOKE, run_cli, tracked_runs
 
 pytestmark = pytest.mark.slow
 
 GRID = ("distiller.alpha=0.3,0.6", "seed=0,1")
-
-
-def distill_runs(root: Path) -> list:
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    return [
-        r
-        for e in client.search_experiments()
-        for r in client.search_runs([e.experiment_id])
-        if r.data.tags.get("stage") == "distill"
-    ]
 
 
 def statuses(sweep_dir: Path) -> list[str]:
@@ -37,7 +27,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     common = [*GRID, *SMOKE, "trainer.progress=false", f"paths.root={tmp_path}"]
     proc = run_cli(["-m", "hydra/launcher=local", *common, f"hydra.sweep.dir={first}"], REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    runs = distill_runs(tmp_path)
+    runs = tracked_runs(tmp_path, "distill")
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 1
@@ -66,7 +56,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("already finished: MLflow run") == 3
     assert len(list(second.glob("*/summary.json"))) == 4  # the new folder still reports every job
-    after = distill_runs(tmp_path)
+    after = tracked_runs(tmp_path, "distill")
     assert len(after) == 4
     (new,) = [r for r in after if r.info.run_id not in {x.info.run_id for x in runs}]
     assert (new.data.params["distiller.alpha"], new.data.params["seed"]) == ("0.6", "0")
@@ -74,6 +64,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert statuses(first) == ["finished"] * 4
 
 
+@pytest.mark.slurm  # a scheduler test (over a minute): run by make test-slurm, with or without a cluster
 def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losing_an_epoch(tmp_path):
     """submitit_local sends the pre-timeout signal 30 s before the limit, so 30 s into every 1-minute
     attempt. The job reads its training samples at a fixed pace (tests/paced_data.py), so it trains
@@ -111,7 +102,7 @@ def test_a_job_that_reaches_its_time_limit_is_requeued_and_resumes_without_losin
     with (job / "epochs.csv").open() as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [1, 2]  # every epoch exactly once, none repeated or lost
-    (run,) = distill_runs(tmp_path)
+    (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
     history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(run.info.run_id, "val/acc")
     assert sorted(m.step for m in history) == [1, 2]

@@ -15,7 +15,7 @@ from seal_exp.distillers.seal import SeAl
 from seal_exp.run import checkpoint
 from seal_exp.train import train
 from seal_exp.training.epoch import NonFiniteLoss
-from tests.conftest import SMOKE, make_cfg
+from tests.conftest import SMOKE, make_cfg, tracked_runs
 
 SUMMARY_KEYS = {
     "test_acc",
@@ -27,11 +27,6 @@ SUMMARY_KEYS = {
     "wall_s",
     "mlflow_run_id",
 }
-
-
-def runs_in(root: Path) -> list:
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
 @pytest.mark.parametrize("distiller", ["none", "kd", "seal"])
@@ -181,7 +176,7 @@ def test_unknown_key_without_plus_is_refused_by_hydra(tmp_path):
 
 def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     summary = train(make_cfg(tmp_path, [*SMOKE, "trainer.epochs=2"]))
-    (run,) = runs_in(tmp_path)
+    (run,) = tracked_runs(tmp_path)
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     params = run.data.params
     assert (
@@ -221,7 +216,7 @@ def test_a_crashing_run_is_marked_failed_with_its_traceback(tmp_path, monkeypatc
     monkeypatch.setattr(SeAl, "forward", broken)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(make_cfg(tmp_path, [*SMOKE]))
-    failed = [r for r in runs_in(tmp_path) if r.info.status == "FAILED"]
+    failed = [r for r in tracked_runs(tmp_path) if r.info.status == "FAILED"]
     assert len(failed) == 1
     assert "simulated crash inside the loss" in failed[0].data.tags["error"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
