@@ -196,3 +196,55 @@ def test_slurm_ddp_runs_two_gloo_ranks_on_cpus(tmp_path):
     (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FINISHED"
     assert len(list(folder.glob(".submitit/*/*_log.out"))) == 2  # one log per task
+
+
+def test_a_job_requeued_while_its_teacher_trains_keeps_one_run_and_each_teacher_epoch_once(tmp_path):
+    """The time limit hits while the ANN teacher trains (no student last.pt yet): every attempt reattaches
+    the same MLflow run, the teacher continues from its partial checkpoint, and each teacher epoch (and
+    the teacher's test accuracy) is logged once."""
+    folder = tmp_path / "sweep"
+    teacher = [
+        "distiller=kd",  # a method with a teacher, trained here (the cache is empty)
+        "teacher.recipe.epochs=2",
+        "teacher.recipe.limit_train_batches=20",  # 2 × 16 s of reading: the signal comes in the teacher
+        "teacher.recipe.batch_size=64",
+        "teacher.recipe.eval_batch_size=500",
+        "trainer.epochs=1",
+        "trainer.limit_train_batches=2",
+    ]
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "seed=0"]
+    where = [f"paths.root={tmp_path}", f"hydra.sweep.dir={folder}"]
+    done = run_cli(
+        ["-m", *ON_CPUS, *PACED, "+dataset.seconds_per_sample=0.0125", *teacher, *limit, *where],
+        REPO,
+        timeout=900,
+        env=WITH_TESTS,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = "".join(p.read_text() for p in folder.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in logs and "teacher: stopped after epoch" in logs, logs[-3000:]
+    (run,) = tracked_runs(tmp_path, "distill")
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "teacher/val/acc")) == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "teacher/test/acc")) == 1
+
+
+def test_slurm_ddp_is_requeued_at_its_time_limit_and_resumes_with_both_ranks(tmp_path):
+    """Two gloo ranks at a 1-minute limit: both get USR2, rank 0 checkpoints, the job is requeued and
+    the next attempt's two ranks continue from that checkpoint, in the same MLflow run."""
+    folder = tmp_path / "sweep"
+    launcher = ["hydra/launcher=slurm_ddp", *ON_CPUS[1:], "hydra.launcher.tasks_per_node=2"]
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "seed=0"]
+    paced = [*PACED, "+dataset.seconds_per_sample=0.025", "trainer.epochs=2", "trainer.batch_size=64"]
+    where = [f"paths.root={tmp_path}", f"hydra.sweep.dir={folder}"]
+    done = run_cli(["-m", *launcher, *paced, *limit, *where], REPO, timeout=900, env=WITH_TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    logs = "".join(p.read_text() for p in folder.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in logs, logs[-3000:]
+    summary = json.loads((folder / "0" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    with (folder / "0" / "epochs.csv").open() as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
+    (run,) = tracked_runs(tmp_path, "distill")
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
