@@ -12,8 +12,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -164,6 +166,10 @@ class MLflowTracker:
             )
         require(bool(experiment), "experiment", experiment, "name the MLflow experiment")
         self.uri, self.experiment, self.artifact_location = uri, experiment, artifact_location
+        if (
+            artifact_location is None and scheme == "sqlite"
+        ):  # MLflow's default is ./mlruns, wherever one stands
+            self.artifact_location = str(self._store_path().parent / "mlartifacts")  # type: ignore[union-attr]
         if writable:
             self._check_writable()
         self.run_id: str | None = None
@@ -525,8 +531,41 @@ class MLflowSweepCallback(Callback):
         (sweep_dir / TRACKING_URI_FILE).write_text(tracker.uri)
         tracker.run_id = run_id
         self._tracker = tracker
-        atexit.register(self._close, "FAILED")  # the sweep raised before on_multirun_end
+        atexit.register(self._close_at_exit)  # the sweep raised or was stopped before on_multirun_end
+        self._stop_on_signals(sweep_dir, on_cluster="Slurm" in str(config.hydra.launcher.get("_target_", "")))
         log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
+
+    def _stop_on_signals(self, sweep_dir: Path, on_cluster: bool) -> None:
+        """SIGTERM or SIGINT to the launching process (``kill``, Ctrl-C, a login session ending) closes the
+        parent run KILLED with one line, instead of leaving it RUNNING forever. Jobs already handed to
+        SLURM are not this process's to stop: they run on, and the line says how to follow them; the
+        local launcher's jobs stop with it.
+        (A job the in-process launcher is running handles the signal itself, see ``train.main``.)"""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            MLflowSweepCallback.stopped_by = signum
+            if not on_cluster:
+                _stop_local_jobs(signum)
+            run_id = self._tracker.run_id if self._tracker else None
+            self._close("KILLED")
+            line = f"seal-exp: sweep stopped by {name}; its MLflow parent run {run_id} is KILLED."
+            if on_cluster:
+                line += (
+                    " Jobs already submitted keep running (scancel them to stop them): follow them with "
+                    f"`python -m seal_exp.sweep status {sweep_dir}`; the same sweep command trains what "
+                    "is missing."
+                )
+            else:
+                line += " Its jobs stop with it; the same sweep command resumes them from their checkpoints."
+            print(line, file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(signum) != signal.SIG_IGN:  # nohup's choices stay
+                signal.signal(signum, stop)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
@@ -536,6 +575,10 @@ class MLflowSweepCallback(Callback):
         self._close("FAILED" if self._failed else "FINISHED")
 
     refused_jobs = 0  # jobs of this process's sweep that refused their config (train.main counts them)
+    stopped_by: int | None = None  # the signal that stopped this process's sweep (or one of its jobs)
+
+    def _close_at_exit(self) -> None:
+        self._close("KILLED" if MLflowSweepCallback.stopped_by else "FAILED")
 
     def _close(self, status: str) -> None:
         """Close the parent run. A sweep that failed because its jobs refused their config, none getting
@@ -547,6 +590,33 @@ class MLflowSweepCallback(Callback):
         if status == "FAILED" and MLflowSweepCallback.refused_jobs and not tracker.has_children():
             _retrying(tracker.client.delete_run, tracker.run_id)
             log.warning("no job of the sweep started a tracked run: its empty MLflow parent run was deleted")
+
+
+def _stop_local_jobs(signum: int, wait_s: float = 120.0) -> None:
+    """Pass the signal to this process's children (submitit's local job controllers, which pass it to
+    their tasks) and wait for them: each job checkpoints and closes its run before the sweep's parent
+    is closed. Linux's ``/proc`` lists them; elsewhere the jobs are left to submitit."""
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, IndexError, ValueError):
+                continue
+            if int(ppid) == os.getpid() and state != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    running = children()
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    deadline = time.monotonic() + wait_s
+    while running and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = set(children())
+        running = [pid for pid in running if pid in alive]
 
 
 def default_tracking_uri() -> str:

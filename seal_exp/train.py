@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -257,7 +258,12 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except KeyboardInterrupt:  # a second SIGINT / SIGTERM, or one outside training: the run is KILLED
         print("seal-exp: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
+        MLflowSweepCallback.stopped_by = signal.SIGINT
         sys.exit(130)
+    except SystemExit as exc:  # stopped by SIGTERM / SIGINT: an in-process sweep's parent is KILLED too
+        if exc.code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+            MLflowSweepCallback.stopped_by = int(exc.code) - 128
+        raise
     return summary.get("test_acc", summary.get("teacher_test_acc"))
 
 

@@ -105,3 +105,29 @@ class Fixed(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits
+
+
+# What a resumed job must reproduce exactly: every figure of summary.json a table would quote.
+RESULT_KEYS = (
+    "test_acc",
+    "test_acc_last",
+    "best_val_acc",
+    "best_epoch",
+    "best_test_acc_over_epochs",
+    "per_timestep_test_acc",
+    "prefix_mean_test_acc",
+    "teacher_test_acc",
+    "epochs",
+)
+
+
+def result_figures(summary: dict) -> dict:
+    return {k: summary.get(k) for k in RESULT_KEYS}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Two checkpoints hold bit-identical model weights."""
+    from seal_exp.run import checkpoint
+
+    sa, sb = checkpoint.load(a)["model"], checkpoint.load(b)["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -9,13 +9,17 @@ with the checkout on ``PYTHONPATH``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from seal_exp.data.embedded import MNIST5k
 from seal_exp.data.splits import DataSplits
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class PacedSamples(Dataset):
@@ -40,3 +44,17 @@ class PacedMNIST5k(MNIST5k):
     def load(self) -> DataSplits:
         splits = super().load()
         return dataclasses.replace(splits, train=PacedSamples(splits.train, self.seconds_per_sample))
+
+
+# Overrides that train on the paced data (with ``+dataset.seconds_per_sample=<s>``) and the environment
+# the job's process needs to import this module.
+PACED = (
+    "dataset=mnist5k",
+    "dataset._target_=tests.paced_data.PacedMNIST5k",
+    "distiller=none",
+    "trainer.limit_train_batches=20",
+    "trainer.eval_batch_size=500",
+    "trainer.checkpoint_every_steps=5",
+    "trainer.progress=false",
+)
+WITH_TESTS = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

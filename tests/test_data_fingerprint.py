@@ -77,6 +77,34 @@ def test_imagenet_fingerprint_is_the_names_per_class(imagenet, tmp_path):
     assert of(tmp_path / "copy") != fingerprint
 
 
+def test_imagenet_names_are_listed_once_until_a_class_folder_changes(imagenet, tmp_path, monkeypatch):
+    """A job asks for the fingerprint up to three times; the class folders are listed the first time
+    only, and a file renamed, added or removed in place is seen at the next ask."""
+    from seal_exp.data import fingerprint as module
+
+    root = tmp_path / "in-place"
+    shutil.copytree(imagenet, root)
+    listed: list[str] = []
+    real_scandir = module.os.scandir
+
+    def counting_scandir(path):
+        if Path(path).parent.name in ("train", "val"):
+            listed.append(Path(path).name)
+        return real_scandir(path)
+
+    monkeypatch.setattr(module.os, "scandir", counting_scandir)
+    of = dataset(tmp_path, "imagenet", root, "dataset.num_classes=3").fingerprint
+    first = of()
+    assert len(listed) == 6  # 3 classes in train/ and in val/
+    assert of() == of() == first and len(listed) == 6
+    image = sorted((root / "train" / WNIDS[0]).iterdir())[0]
+    image.rename(image.with_name("renamed.JPEG"))  # same class, another name
+    renamed = of()
+    assert renamed != first and len(listed) == 12
+    module._names_cache.clear()
+    assert of() == renamed  # what a fresh process computes
+
+
 def test_embedded_fingerprints_are_their_shipped_files(tmp_path, monkeypatch):
     mnist = MNIST5k("mnist5k", 10, 1, 28).fingerprint()
     assert mnist == MNIST5k("mnist5k", 10, 1, 28, split_seed=3).fingerprint()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import runpy
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import DictConfig
 from submitit.slurm import slurm
 
@@ -38,13 +40,15 @@ def test_preset_composes_and_builds_its_launcher(preset: str) -> None:
     cfg = launcher_cfg(preset)
     launcher = cfg.hydra.launcher
     kind = "Local" if preset == "local" else "Slurm"
-    assert launcher._target_.endswith(f"submitit_launcher.{kind}Launcher")
+    assert launcher._target_.endswith(f".{kind}Launcher")
     assert launcher.submitit_folder.startswith(f"{cfg.hydra.sweep.dir}/.submitit/")
     assert launcher.timeout_min > 0
     assert launcher.cpus_per_task >= 1
 
     plugin = instantiate(launcher)
-    assert type(plugin).__name__ == f"{kind}Launcher"
+    # the plugin's launcher, or ours built on it (Hydra loads plugin modules itself: compare by name)
+    plugin_class = f"{submitit_launcher.__name__}.{kind}Launcher"
+    assert plugin_class in {f"{c.__module__}.{c.__qualname__}" for c in type(plugin).__mro__}
     assert all(not isinstance(v, str) or "${" not in v for v in plugin.params.values())
 
 
@@ -223,6 +227,36 @@ def test_unknown_launcher_key_fails_before_submission(
         multirun(tmp_path, monkeypatch, ["hydra/launcher=slurm", "+hydra.launcher.mail_typo=END"])
     assert "Unknown argument 'mail_typo'" in capsys.readouterr().err
     assert fake_sbatch == []
+
+
+@pytest.mark.parametrize("preset", ["slurm", "slurm_ddp"])
+def test_a_request_slurm_refuses_stops_the_sweep_with_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_sbatch: list[str],
+    capsys: pytest.CaptureFixture,
+    preset: str,
+) -> None:
+    """sbatch's refusal (here: a GPU type the cluster lacks) ends the sweep with exit code 2 and one line
+    that quotes SLURM and names the keys to change: no traceback."""
+
+    class Refusing:
+        def __init__(self, command: list[str], **kwargs: object) -> None:
+            self.command = command
+
+        def __call__(self, *args: object, **kwargs: object) -> str:
+            refusal = subprocess.CalledProcessError(1, self.command)
+            said = "sbatch: error: Invalid generic resource (gres) specification"
+            raise submitit.core.utils.FailedJobError(said) from refusal
+
+    monkeypatch.setattr(submitit.core.utils, "CommandFunction", Refusing)
+    with pytest.raises(SystemExit) as stop:
+        multirun(tmp_path, monkeypatch, [f"hydra/launcher={preset}", "seed=0,1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("seal-exp:")]
+    assert "no job was submitted: sbatch: error: Invalid generic resource (gres) specification" in line
+    assert "hydra.launcher.partition" in line and "Traceback" not in err
 
 
 def test_a_submitit_warning_is_written_once() -> None:

@@ -22,7 +22,7 @@ from seal_exp.run import checkpoint
 from seal_exp.run.identity import identity_config, job_identity
 from seal_exp.train import train
 from seal_exp.training.epoch import EpochTotals
-from tests.conftest import REPO, make_cfg, tracked_runs
+from tests.conftest import REPO, make_cfg, result_figures, same_weights, tracked_runs
 
 # NLD draws noise every step from the run's generator, so its stream must be resumed too. Two
 # epochs of four steps: enough for a stop mid-epoch, at an epoch's end, and in the second epoch.
@@ -35,26 +35,6 @@ RUN = (
     "trainer.checkpoint_every_steps=1",
 )
 TOTAL_STEPS = 8
-RESULT_KEYS = (
-    "test_acc",
-    "test_acc_last",
-    "best_val_acc",
-    "best_epoch",
-    "best_test_acc_over_epochs",
-    "per_timestep_test_acc",
-    "prefix_mean_test_acc",
-    "teacher_test_acc",
-    "epochs",
-)
-
-
-def results(summary: dict) -> dict:
-    return {k: summary[k] for k in RESULT_KEYS}
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    sa, sb = checkpoint.load(a)["model"], checkpoint.load(b)["model"]
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def store(root: Path) -> MlflowClient:
@@ -136,7 +116,9 @@ def test_a_job_sigkilled_mid_training_resumes_to_the_same_numbers_and_weights(tm
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming from" in again.stdout + again.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert results(summary) == results(ref_summary), f"killed after step {killed_at['global_step']}"
+    assert result_figures(summary) == result_figures(ref_summary), (
+        f"killed after step {killed_at['global_step']}"
+    )
     assert same_weights(run_dir / "last.pt", ref_root / "out" / "last.pt")
     assert same_weights(run_dir / "best.pt", ref_root / "out" / "best.pt")
     # one MLflow run, reattached and finished, with every epoch's metrics logged exactly once
@@ -157,7 +139,7 @@ def test_resume_at_any_step_boundary_is_exact(tmp_path, monkeypatch, reference, 
     assert checkpoint.load(tmp_path / "job" / "last.pt")["global_step"] == stop_after
     monkeypatch.undo()
     summary = train(cfg)
-    assert results(summary) == results(ref_summary)
+    assert result_figures(summary) == result_figures(ref_summary)
     assert same_weights(tmp_path / "job" / "last.pt", ref_root / "out" / "last.pt")
 
 
@@ -174,7 +156,7 @@ def test_a_relaunch_in_a_new_folder_continues_the_interrupted_run_of_the_same_jo
     assert interrupted.info.status == "FAILED"
     monkeypatch.undo()
     summary = train(make_cfg(tmp_path, RUN, output=tmp_path / "second"))
-    assert results(summary) == results(ref_summary)
+    assert result_figures(summary) == result_figures(ref_summary)
     assert same_weights(tmp_path / "second" / "last.pt", ref_root / "out" / "last.pt")
     (run,) = tracked_runs(tmp_path, "distill")  # the same MLflow run, continued
     assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
@@ -247,7 +229,7 @@ def test_the_pre_timeout_signal_checkpoints_at_the_next_step_then_hands_over(
     assert run.info.status == "KILLED"
     monkeypatch.undo()
     summary = train(cfg)  # what the requeued job does
-    assert results(summary) == results(ref_summary)
+    assert result_figures(summary) == result_figures(ref_summary)
     (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FINISHED"
 
@@ -282,7 +264,7 @@ def test_sigterm_and_sigint_checkpoint_mark_the_run_killed_and_exit_then_resume(
     assert run.info.status == "KILLED"
     monkeypatch.undo()
     summary = train(cfg)
-    assert results(summary) == results(ref_summary)
+    assert result_figures(summary) == result_figures(ref_summary)
     (again,) = tracked_runs(tmp_path, "distill")
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from seal_exp.results import sweep_status
 from tests.conftest import REPO, SMOKE, run_cli, tracked_runs
+from tests.paced_data import PACED, WITH_TESTS
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +182,43 @@ def test_a_job_finished_on_other_data_is_shown_and_relaunched(tmp_path):
     table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
     assert "3 jobs: 2 finished, 0 running, 0 dead, 0 killed, 0 failed, 0 missing, 1 other data" in table
     assert "To do so: python -m seal_exp.train -m" in table
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=local",)], ids=["in-process", "local"])
+def test_a_sweep_stopped_by_sigterm_closes_its_parent_and_its_job_killed(tmp_path, launcher):
+    """``kill <launcher pid>`` while a job trains: the job checkpoints and its run is KILLED, the parent
+    run is KILLED (not left RUNNING, nor FAILED), one line says so, and the status shows the job killed."""
+    folder = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "seal_exp.train",
+        "-m",
+        *launcher,
+        *PACED,
+        "+dataset.seconds_per_sample=0.01",
+    ]
+    command += ["trainer.epochs=3", "seed=0", f"paths.root={tmp_path}", f"hydra.sweep.dir={folder}"]
+    env = {**os.environ, **WITH_TESTS}
+    sweep = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while (
+            not (folder / "0" / "last.pt").is_file() and time.monotonic() < deadline and sweep.poll() is None
+        ):
+            time.sleep(0.2)
+        assert (folder / "0" / "last.pt").is_file(), "the job wrote no checkpoint"
+        sweep.send_signal(signal.SIGTERM)
+        _, err = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "stopped by SIGTERM" in err
+    found = tracked_runs(tmp_path)
+    (parent,) = [r for r in found if r.data.tags.get("sweep.parent") == "true"]
+    (job,) = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert (parent.info.status, job.info.status) == ("KILLED", "KILLED"), err[-3000:]
+    assert statuses(folder) == ["killed"]

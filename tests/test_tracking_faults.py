@@ -132,7 +132,9 @@ def test_artifact_failures_never_fail_the_run_and_warn_once(store, request, monk
     assert MlflowClient(store).get_run(tracker.run_id).info.status == "FAILED"
 
 
-def test_artifacts_are_uploaded_when_the_store_works(store, request, tmp_path):
+def test_artifacts_are_uploaded_when_the_store_works(store, request, tmp_path, monkeypatch):
+    """Without ``artifact_location`` they go beside the SQLite file, not to ./mlruns where one stands."""
+    monkeypatch.chdir(tmp_path)
     tracker = _tracker(store, request)
     tracker.start("run", {}, {})
     (tmp_path / "summary.json").write_text("{}")
@@ -142,6 +144,9 @@ def test_artifacts_are_uploaded_when_the_store_works(store, request, tmp_path):
     client = MlflowClient(store)
     assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"summary.json", "traceback.txt"}
     assert client.get_run(tracker.run_id).info.status == "FAILED"
+    assert not (tmp_path / "mlruns").exists()
+    beside = Path(store[len("sqlite:///") :]).parent / "mlartifacts"
+    assert (beside / tracker.run_id / "artifacts" / "summary.json").is_file()
 
 
 @pytest.mark.parametrize("uri", ["foo://bar", "s3://bucket/mlflow", "mlflow.db"])

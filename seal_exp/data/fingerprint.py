@@ -21,6 +21,7 @@ from typing import Any
 DIGITS = 16
 
 _content_cache: dict[tuple[str, int, int], str] = {}
+_names_cache: dict[tuple[Any, ...], str] = {}
 
 
 def _finish(digest: Any) -> str:
@@ -60,13 +61,24 @@ def of_listing(folder: Path, suffix: str) -> str:
 
 def of_names(folders: Iterable[Path]) -> str:
     """The file names in each class sub-folder of ``folders`` (no file is opened or stat-ed): moving an
-    image to another class, adding or removing one changes it."""
-    digest = hashlib.sha256(b"names\0")
+    image to another class, adding or removing one changes it.
+
+    Listed once per process while no class folder changes (a job asks up to three times: before its
+    teacher is reused, at its start, after the read; ImageNet's listing takes seconds). Adding, removing
+    or renaming a file changes its folder's mtime, which is part of the memo's key."""
+    folders = [Path(f) for f in folders]
+    state = []
     for folder in folders:
         with os.scandir(folder) as classes:
-            class_dirs = sorted(e.name for e in classes if e.is_dir())
-        for name in class_dirs:
-            with os.scandir(folder / name) as entries:
-                files = sorted(e.name for e in entries)
-            digest.update(f"{folder.name}/{name}\0".encode() + "\0".join(files).encode() + b"\n")
-    return _finish(digest)
+            dirs = sorted((e.name, e.stat().st_mtime_ns) for e in classes if e.is_dir())
+        state.append((str(folder.resolve()), folder.stat().st_mtime_ns, tuple(dirs)))
+    key = tuple(state)
+    if key not in _names_cache:
+        digest = hashlib.sha256(b"names\0")
+        for folder, (_, _, class_dirs) in zip(folders, state, strict=True):
+            for name, _ in class_dirs:
+                with os.scandir(folder / name) as entries:
+                    files = sorted(e.name for e in entries)
+                digest.update(f"{folder.name}/{name}\0".encode() + "\0".join(files).encode() + b"\n")
+        _names_cache[key] = _finish(digest)
+    return _names_cache[key]

@@ -77,14 +77,21 @@ class Guard:
 
         ``wait_for_requeue``: a submitit task other than rank 0, whose handler does nothing; like
         submitit, it does not exit (that could end the job before rank 0 requeues it) but waits for
-        the requeue to stop it, up to :data:`REQUEUE_WAIT_S`.
+        the requeue, up to :data:`REQUEUE_WAIT_S`. The requeue's SIGTERM then ends it at once: the
+        checkpoint is written, so nothing is left to save, and a task that ignored it would hold the
+        job until the scheduler's SIGKILL (``KillWait``, 30 s by default) on every requeue.
         """
         signal.signal(self.signum, self.previous)
         if callable(self.previous):
             self.previous(int(self.signum), None)  # submitit: dump the submission, requeue, exit
         if wait_for_requeue:
+            signal.signal(signal.SIGTERM, _exit_now)
             time.sleep(REQUEUE_WAIT_S)
         raise SystemExit(128 + int(self.signum))
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 class _NoGuard:
