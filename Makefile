@@ -19,7 +19,7 @@ help:
 	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~14 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
-	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db"
+	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db (prints each experiment's runs-table URL first)"
 	@echo "make models  every student and teacher with its parameter count (ARGS: dataset overrides)"
 	@echo "make bench   speed figures: training/evaluation step, plain path vs configured (ARGS: overrides; minutes on a CPU; BENCHMARKS.md)"
 	@echo "make lint    ruff check + format check"
@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m seal_exp.bench step --compare $(ARGS)
 
 ui: $(STAMP)
+	@$(BIN)/python -c "from seal_exp.tracking import runs_tables; print(*runs_tables('sqlite:///$(CURDIR)/mlflow.db', 'http://127.0.0.1:$(PORT)'), sep='\n')"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)

@@ -84,11 +84,6 @@ class Plan:
         """The distiller's name (``-`` for a teacher-only run)."""
         return type(self.student.distiller).__name__ if self.student is not None else "-"
 
-    @property
-    def run_name(self) -> str:
-        """The tracked run's name: ``distill:<method>`` or ``teacher``."""
-        return f"distill:{self.method}" if self.stage == "distill" else "teacher"
-
     def tags(self) -> dict[str, str]:
         """The tracking tags that say how this run computes: method, device, kernels, fast paths."""
         model = self.student.model if self.student is not None else self.teacher.model

@@ -25,9 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from seal_exp.config import ConfigError, build, invalid, project_root, require
+from seal_exp.config import ConfigError, build, flatten, invalid, project_root, require
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ PARENT_RUN_FILE = "mlflow_parent_run_id"
 TRACKING_URI_FILE = "mlflow_tracking_uri"  # next to it: where the parent run lives (for later reports)
 MAX_PARAM_CHARS = 6000
 T = TypeVar("T")
+# MLflow 3's UI opens an experiment of this kind on its runs table (not on the GenAI pages)
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 IDENTITY_TAG = "seal.identity"  # a job's identity (seal_exp.run.identity): how relaunches find earlier runs
 
 
@@ -71,6 +73,9 @@ class NoTracker:
         return False
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Nothing to upload."""
+
+    def log_text(self, text: str, artifact_file: str) -> None:
         """Nothing to upload."""
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -273,21 +278,27 @@ class MLflowTracker:
         from mlflow.exceptions import MlflowException
 
         found = _retrying(self.client.get_experiment_by_name, self.experiment)
-        if found is not None:
-            return found.experiment_id
-        with self._store_lock():
-            found = _retrying(self.client.get_experiment_by_name, self.experiment)
-            if found is not None:
-                return found.experiment_id
-            try:
-                return _retrying(
-                    self.client.create_experiment, self.experiment, artifact_location=self.artifact_location
-                )
-            except MlflowException:  # a server's other client made it meanwhile
-                found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            with self._store_lock():
+                found = _retrying(self.client.get_experiment_by_name, self.experiment)
                 if found is None:
-                    raise
-                return found.experiment_id
+                    with contextlib.suppress(MlflowException):  # a server's other client made it meanwhile
+                        _retrying(
+                            self.client.create_experiment,
+                            self.experiment,
+                            artifact_location=self.artifact_location,
+                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING},
+                        )
+                    found = self.client.get_experiment_by_name(self.experiment)
+                    if found is None:
+                        raise ConfigError(
+                            f"MLflow experiment {self.experiment!r} could not be created at {self.uri}"
+                        )
+        if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an earlier version or by hand
+            _retrying(
+                self.client.set_experiment_tag, found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING
+            )
+        return found.experiment_id
 
     def open_parent(self, run_name: str, tags: dict[str, str]) -> str:
         """A sweep's parent run (left RUNNING; close it with :meth:`finish` after setting ``run_id``)."""
@@ -427,6 +438,22 @@ class MLflowTracker:
                 exc,
             )
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Attach ``text`` as the run's file ``artifact_file``, best-effort as :meth:`log_artifact`."""
+        if self.run_id is None or self._artifacts_failed:
+            return
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception as exc:
+            self._artifacts_failed = True
+            log.warning(
+                "could not attach %s to MLflow run %s (%s: %s)",
+                artifact_file,
+                self.run_id,
+                type(exc).__name__,
+                exc,
+            )
+
     def finish(self, status: str, error: str | None = None) -> None:
         """Close the active run with ``status``; for a failure, then attach the traceback (best-effort).
 
@@ -472,6 +499,121 @@ def git_tags(root: str | Path | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {"git.commit": "unknown"}
     return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty))}
+
+
+# How a run reads in ``mlflow ui``: names that say what differs, params that say what was computed.
+GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "tau": "τ", "lam": "λ", "lambda": "λ"}
+NOT_PARAMS = ("paths.", "tracking.", "hydra.")  # where things live on one machine (in the config artifact)
+NOT_PARAM_KEYS = {
+    "dataset.root",
+    "teacher.cache_dir",
+    "trainer.progress",
+    "trainer.progress_every",
+    "skip_finished",
+    "resume",
+    "resume_across_code_change",
+}
+QUIET_OVERRIDES = (
+    *NOT_PARAMS,
+    *NOT_PARAM_KEYS,
+    "debug",
+    "experiment",
+    "dataset",
+    "trainer.device",
+    "trainer.num_workers",
+)
+SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
+
+
+def display_key(key: str) -> str:
+    """A config key as papers write it: ``distiller.alpha`` → ``α``, ``distiller.alpha_s`` → ``α_s``,
+    ``neuron.T`` → ``T``, ``optim.lr`` → ``lr``."""
+    last = key.lstrip("+~").rsplit(".", 1)[-1]
+    return "_".join(GREEK.get(part, part) for part in last.split("_"))
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _hydra_choice(group: str) -> str | None:
+    if not HydraConfig.initialized():
+        return None
+    choice = HydraConfig.get().runtime.choices.get(group)
+    return str(choice) if choice else None
+
+
+def method_name(cfg: DictConfig) -> str:
+    """The method as the command line names it (``seal``, ``kd``, ``none``: the ``distiller`` option)."""
+    return _hydra_choice("distiller") or str(cfg.distiller._target_).rsplit(".", 1)[-1].lower()
+
+
+def method_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The method's numeric hyper-parameters (α, β, τ …), in the order its config file gives them."""
+    return {
+        str(k): v
+        for k, v in cfg.distiller.items()
+        if not str(k).startswith("_") and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def job_run_name(cfg: DictConfig, stage: str) -> str:
+    """``seal α=0.6 β=0.15 τ=3 T=4 seed=0``, plus whatever else the job's overrides change
+    (``lr=0.05``); a teacher-only run: ``teacher cnn seed=0``."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if stage == "teacher":
+        parts = ["teacher", str(cfg.teacher.arch), f"seed={cfg.seed}"]
+        shown = {"teacher.arch", "seed"}
+    else:
+        settings = method_settings(cfg)
+        parts = [method_name(cfg), *(f"{display_key(k)}={_number(v)}" for k, v in settings.items())]
+        parts += [f"T={cfg.neuron.T}", f"seed={cfg.seed}"]
+        shown = {"distiller", "neuron.T", "seed", *(f"distiller.{k}" for k in settings)}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in shown or key.startswith(QUIET_OVERRIDES) or key in QUIET_OVERRIDES:
+            continue
+        parts.append(f"{display_key(key)}={value}")
+    return " ".join(parts)[:250]
+
+
+def swept_keys(overrides: Sequence[str]) -> dict[str, str]:
+    """The keys a multirun sweeps (``distiller.alpha=0.3,0.6``, ``seed=range(3)``) → their values."""
+    swept = {}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        value = value.strip()
+        if value.startswith(SWEEP_FUNCTIONS) or ("," in value and not value.startswith(("[", "{", "'", '"'))):
+            swept[key] = value
+    return swept
+
+
+def sweep_run_name(overrides: Sequence[str], method: str | None, started: float) -> str:
+    """``sweep 2026-12-02 16:07 seal α×β×T`` or ``sweep 2026-12-02 16:07 none|kd|seal seed``."""
+    swept = swept_keys(overrides)
+    methods = swept.pop("distiller", None)
+    methods = methods.replace(",", "|") if methods else (method or "")
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+    return " ".join(p for p in ("sweep", when, methods, "×".join(display_key(k) for k in swept)) if p)[:250]
+
+
+def run_params(cfg: DictConfig, method: str) -> dict[str, str]:
+    """What the run computed with, as MLflow params: the resolved config without machine paths and
+    run controls, ``_target_`` as the class it builds (``student.class=SpikingConvNet``), and the
+    method's settings under its own name (``seal.alpha``, ``kd.alpha``: separate columns)."""
+    flat = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    params = {"method": method}
+    for key, value in flat.items():
+        if key.startswith(NOT_PARAMS) or key in NOT_PARAM_KEYS or key.endswith("_partial_"):
+            continue
+        if key == "distiller" or key.startswith("distiller."):
+            key = method + key[len("distiller") :]
+        if key.endswith("_target_"):
+            key, value = key[: -len("_target_")] + "class", value.rsplit(".", 1)[-1]
+        if key == "teacher.checkpoint" and value != "None":
+            value = Path(value).name
+        params[key] = value
+    return params
 
 
 def job_context() -> dict[str, Any]:
@@ -521,7 +663,12 @@ class MLflowSweepCallback(Callback):
                 "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
                 **git_tags(),
             }
-            run_id = tracker.open_parent(f"sweep {sweep_dir.name}", tags)
+            overrides = list(config.hydra.overrides.task)
+            method = config.hydra.runtime.choices.get("distiller") if "runtime" in config.hydra else None
+            swept = swept_keys(overrides)
+            if swept:
+                tags["sweep.keys"] = " ".join(swept)
+            run_id = tracker.open_parent(sweep_run_name(overrides, method, time.time()), tags)
         except ConfigError as exc:
             message = f"{str(exc).rstrip('.')}. No job of the sweep was started."
             print(f"seal-exp: configuration error: {message}", file=sys.stderr)
@@ -617,6 +764,22 @@ def _stop_local_jobs(signum: int, wait_s: float = 120.0) -> None:
         time.sleep(0.2)
         alive = set(children())
         running = [pid for pid in running if pid in alive]
+
+
+def runs_tables(uri: str, base_url: str) -> list[str]:
+    """One line per experiment of the store: its name, how many runs, and the URL of its runs table in
+    ``mlflow ui`` (what ``make ui`` prints before it starts the server)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    lines = []
+    for experiment in all_pages(client.search_experiments):
+        runs = all_pages(client.search_runs, [experiment.experiment_id])
+        if not runs:
+            continue
+        url = f"{base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"
+        lines.append(f"{experiment.name}: {len(runs)} runs  {url}")
+    return lines or [f"no runs yet in {uri}: `make train` makes one"]
 
 
 def default_tracking_uri() -> str:

@@ -33,7 +33,7 @@ from seal_exp.run.session import Job
 from seal_exp.seeding import seed_rank
 from seal_exp.teacher import cached_logits
 from seal_exp.teacher.training import TeacherStage
-from seal_exp.tracking import MLflowSweepCallback, NoTracker
+from seal_exp.tracking import MLflowSweepCallback, NoTracker, job_run_name
 from seal_exp.training.loop import Fit, FitResult, fit
 
 log = logging.getLogger("seal_exp")
@@ -58,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         job = session.open_job(cfg, plan.tracker, dist, started, plan.dataset.fingerprint)
         if job.finished is not None:  # skip_finished: an earlier run of this job has the result
             return job.finished
-        session.start_tracking(cfg, plan.tracker, job, plan.run_name, plan.tags())
+        session.start_tracking(cfg, plan.tracker, job, job_run_name(cfg, plan.stage), plan.tags())
         with session.tracked(plan.tracker, job, dist) as should_stop:
             summary = _stages(cfg, plan, job, should_stop, dist)
             session.record_summary(summary, plan.tracker, job, dist)
@@ -102,7 +102,8 @@ def _stages(
     if plan.teacher is not None:
         fingerprint = dist.share(job.data)
         stage = TeacherStage(cfg, plan, data, fingerprint, val_loader, test_loader, should_stop, dist)
-        summary |= stage.obtain()
+        with job.timing_teacher():
+            summary |= stage.obtain()
     if plan.stage == "teacher":
         return summary | {"epochs": int(cfg.teacher.recipe.epochs)}
     loaders = (val_loader, test_loader)
@@ -264,7 +265,8 @@ def main(cfg: DictConfig) -> float | None:
         if exc.code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
             MLflowSweepCallback.stopped_by = int(exc.code) - 128
         raise
-    return summary.get("test_acc", summary.get("teacher_test_acc"))
+    # what a sweeper optimises: validation accuracy, never test (the teacher stage: the teacher's)
+    return summary.get("best_val_acc", summary.get("teacher_val_acc"))
 
 
 def torchrun_follower_overrides(argv: list[str], environ: dict[str, str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -30,15 +31,24 @@ def test_cli_run_prints_accuracy_and_location_last(tmp_path):
 
 
 def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
-    proc = run_cli(["-m", "distiller.alpha=0.3,0.6", *SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
+    """One parent named by date, method and swept keys; each job named by what differs."""
+    sweep = ["-m", "distiller.alpha=0.3,0.6", "optim.lr=0.05"]
+    before = time.strftime("%Y-%m-%d %H:%M")
+    proc = run_cli([*sweep, *SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (experiment,) = [e for e in client.search_experiments() if e.name == "seal-exp/digits"]
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    name = parents[0].info.run_name
+    assert name.startswith("sweep 20") and name.endswith(" seal α") and name[6:22] >= before, name
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert sorted(r.data.params["distiller.alpha"] for r in children) == ["0.3", "0.6"]
+    assert sorted(r.data.params["seal.alpha"] for r in children) == ["0.3", "0.6"]
+    assert sorted(r.info.run_name for r in children) == [
+        "seal α=0.3 β=0.15 τ=3 T=4 seed=0 lr=0.05",
+        "seal α=0.6 β=0.15 τ=3 T=4 seed=0 lr=0.05",
+    ]
     assert all(r.info.status == "FINISHED" for r in children)
     assert sorted(r.data.tags["hydra.job.num"] for r in children) == ["0", "1"]
     (sweep_dir,) = (tmp_path / "multirun").glob("*/*")

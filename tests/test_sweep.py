@@ -36,7 +36,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
     assert len(parents) == 1
-    assert sorted((r.data.params["distiller.alpha"], r.data.params["seed"]) for r in runs) == [
+    assert sorted((r.data.params["seal.alpha"], r.data.params["seed"]) for r in runs) == [
         ("0.3", "0"),
         ("0.3", "1"),
         ("0.6", "0"),
@@ -48,7 +48,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     # one job's run deleted: the status says so, and the same sweep command again (a new sweep folder,
     # as Hydra names it by time) trains that job alone; the three others exit at once
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    gone = next(r for r in runs if r.data.params["distiller.alpha"] == "0.6" and r.data.params["seed"] == "0")
+    gone = next(r for r in runs if r.data.params["seal.alpha"] == "0.6" and r.data.params["seed"] == "0")
     client.delete_run(gone.info.run_id)
     assert statuses(first) == ["finished", "finished", "missing", "finished"]
     shown = run_cli(["status", str(first)], REPO, module="seal_exp.sweep")
@@ -64,7 +64,7 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     after = tracked_runs(tmp_path, "distill")
     assert len(after) == 4
     (new,) = [r for r in after if r.info.run_id not in {x.info.run_id for x in runs}]
-    assert (new.data.params["distiller.alpha"], new.data.params["seed"]) == ("0.6", "0")
+    assert (new.data.params["seal.alpha"], new.data.params["seed"]) == ("0.6", "0")
     assert new.data.tags["seal.identity"] == gone.data.tags["seal.identity"]
     assert statuses(first) == ["finished"] * 4
 

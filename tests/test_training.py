@@ -178,18 +178,21 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     summary = train(make_cfg(tmp_path, [*SMOKE, "trainer.epochs=2"]))
     (run,) = tracked_runs(tmp_path)
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
-    params = run.data.params
     assert (
-        params["distiller.alpha"] == "0.6"
-        and params["neuron.T"] == "4"
-        and params["dataset.name"] == "digits"
-    )
-    assert params["distiller._target_"] == "seal_exp.distillers.seal.SeAl"
-    assert "hydra" not in {k.split(".")[0] for k in params}
+        run.info.run_name == "seal α=0.6 β=0.15 τ=3 T=4 seed=0"
+    )  # what differs between runs, as papers write it
+    params = run.data.params
+    # the method's settings under its own name; classes, not import paths; no machine paths
+    assert (params["method"], params["seal.alpha"], params["seal.beta"]) == ("seal", "0.6", "0.15")
+    assert (params["neuron.T"], params["dataset.name"], params["seal.class"]) == ("4", "digits", "SeAl")
+    assert params["student.class"] == "SpikingConvNet" and params["seal.hard_loss.class"] == "tet_ce"
+    assert not {"distiller.alpha", "distiller._target_", "teacher.cache_dir"} & set(params)
+    assert not {k.split(".")[0] for k in params} & {"hydra", "paths", "tracking"}
+    assert not any(str(tmp_path) in v for v in params.values())
     assert (
         run.data.tags["stage"] == "distill" and run.data.tags["spikingjelly.kernel"] == "lif=torch-reference"
     )
-    assert "git.commit" in run.data.tags
+    assert "git.commit" in run.data.tags and run.data.tags["method"] == "seal"
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert [m.step for m in history] == [1, 2]
@@ -204,9 +207,29 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
         "teacher/test/acc",
     ):
         assert key in run.data.metrics, key
+    # the figures summary.json (and so every table) quotes, under the same names
+    metrics = run.data.metrics
+    for key in ("test_acc", "test_acc_last", "best_val_acc", "best_epoch", "best_test_acc_over_epochs"):
+        assert metrics[key] == pytest.approx(summary[key]), key
+    assert [metrics[f"test_acc_t{t}"] for t in (1, 2, 3, 4)] == pytest.approx(
+        summary["per_timestep_test_acc"]
+    )
+    assert metrics["teacher_test_acc"] == pytest.approx(summary["teacher_test_acc"])
+    assert metrics["wall_s"] == pytest.approx(metrics["teacher_wall_s"] + metrics["student_wall_s"], abs=0.02)
+    assert 0 < summary["teacher_wall_s"] < summary["wall_s"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"summary.json", "epochs.csv", "per_timestep_accuracy.png"} <= artifacts
-    assert client.get_experiment(run.info.experiment_id).name == "seal-exp/digits"
+    assert {"summary.json", "epochs.csv", "per_timestep_accuracy.png", "config.yaml"} <= artifacts
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert f"root: {tmp_path}" in Path(config).read_text()  # the paths are kept there, resolved
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "seal-exp/digits"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+    from seal_exp.tracking import runs_tables
+
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+    assert runs_tables(f"sqlite:///{tmp_path}/mlflow.db", "http://127.0.0.1:5000") == [
+        f"seal-exp/digits: 1 runs  {url}"
+    ]
 
 
 def test_a_crashing_run_is_marked_failed_with_its_traceback(tmp_path, monkeypatch):
@@ -233,3 +256,16 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_terms(tmp_path, monkeyp
     monkeypatch.setattr(SeAl, "forward", exploding)
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 0 .*ela=nan.*no checkpoint yet"):
         train(make_cfg(tmp_path, [*SMOKE, "tracking=none"]))
+
+
+def test_the_value_a_sweeper_optimises_is_validation_accuracy_never_test(tmp_path):
+    """``python -m seal_exp.train`` returns to Hydra (and so to an optimising sweeper such as Optuna)
+    the best validation accuracy; the teacher stage returns the teacher's."""
+    from seal_exp.train import main
+
+    returned = main.__wrapped__(make_cfg(tmp_path, [*SMOKE, "trainer.epochs=2"]))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert returned == summary["best_val_acc"]
+    teacher = main.__wrapped__(make_cfg(tmp_path, [*SMOKE, "stage=teacher"], output=tmp_path / "teacher"))
+    record = torch.load(summary["teacher_checkpoint"], weights_only=True)
+    assert teacher == record["val_acc"]

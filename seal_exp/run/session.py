@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seal_exp.config import ConfigError, flatten
+from seal_exp.config import ConfigError
 from seal_exp.run import checkpoint, preemption
 from seal_exp.run import files as run_files
 from seal_exp.run.claim import Claim, claim
@@ -33,7 +33,7 @@ from seal_exp.run.identity import (
 )
 from seal_exp.run.preemption import Preempted
 from seal_exp.run.resume import resume_point
-from seal_exp.tracking import IDENTITY_TAG, download_summary, git_tags, job_context
+from seal_exp.tracking import IDENTITY_TAG, download_summary, git_tags, job_context, method_name, run_params
 
 log = logging.getLogger("seal_exp")
 
@@ -51,11 +51,22 @@ class Job:
     reattach: str | None = None  # an interrupted run of this job with no last.pt (it died in the teacher)
     claim: Claim | None = None  # rank 0's hold on the job: no second process runs it meanwhile
     data: str | None = None  # rank 0: the data's fingerprint (None for an event dataset not built yet)
+    teacher_s: float = 0.0  # seconds spent obtaining the teacher (training it, or loading and testing it)
 
     def wall_s(self) -> float:
         """Seconds spent on the job over all its attempts."""
         earlier = float(self.resume.get("wall_s", 0.0)) if self.resume else 0.0
         return earlier + time.perf_counter() - self.started
+
+    @contextlib.contextmanager
+    def timing_teacher(self) -> Iterator[None]:
+        """Count the enclosed time as the teacher's: the first job of a sweep trains the teacher every
+        other job reuses, so only the student's time compares across jobs."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.teacher_s += time.perf_counter() - began
 
 
 def open_job(
@@ -92,6 +103,8 @@ def open_job(
     job.finished, job.reattach = decision.get("finished"), decision.get("reattach")
     if job.resume is None and decision.get("resume_from"):
         job.resume = checkpoint.load(decision["resume_from"])
+    if job.resume is not None:
+        job.teacher_s = float(job.resume.get("teacher_wall_s", 0.0))
     return job
 
 
@@ -206,10 +219,13 @@ def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags:
         **git_tags(),
         **context["tags"],
     }
-    params = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    method = method_name(cfg)
+    tags["method"] = method
     run_id = job.resume.get("mlflow_run_id") if job.resume else job.reattach
     if not (run_id and tracker.reattach(run_id, tags)):
-        tracker.start(run_name, params, tags, context["parent_run_id"])
+        tracker.start(run_name, run_params(cfg, method), tags, context["parent_run_id"])
+        resolved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        tracker.log_text(OmegaConf.to_yaml(resolved, resolve=True), "config.yaml")  # paths and all
 
 
 def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
@@ -221,6 +237,7 @@ def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
         "data": job.data,
         "mlflow_run_id": tracker.run_id,
         "wall_s": job.wall_s(),
+        "teacher_wall_s": job.teacher_s,
     }
 
 
@@ -262,7 +279,10 @@ def _close(tracker: Any, status: str, error: str | None = None) -> None:
 
 def record_summary(summary: dict[str, Any], tracker: Any, job: Job, dist: Distributed) -> None:
     """Complete the summary; rank 0 writes ``summary.json`` and tracks it with the run's files."""
-    summary["wall_s"] = round(job.wall_s(), 2)
+    wall_s = job.wall_s()
+    summary["wall_s"] = round(wall_s, 2)
+    summary["teacher_wall_s"] = round(job.teacher_s, 2)
+    summary["student_wall_s"] = round(wall_s - job.teacher_s, 2)
     summary["mlflow_run_id"] = tracker.run_id
     summary["identity"] = job.identity
     summary["data_fingerprint"] = job.data
@@ -270,9 +290,32 @@ def record_summary(summary: dict[str, Any], tracker: Any, job: Job, dist: Distri
         return
     summary["world_size"] = dist.world_size
     run_files.write_summary(job.out / "summary.json", summary)
-    tracker.log_metrics({"wall_s": summary["wall_s"]}, step=0)
+    tracker.log_metrics(headline_metrics(summary), step=0)
     for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
         tracker.log_artifact(job.out / name)
+
+
+# The figures a table quotes, as MLflow metrics under their summary.json names (the per-epoch curves
+# are ``val/acc``, ``test/acc`` …; ``test_acc`` is the test accuracy of the epoch selected on validation).
+HEADLINE = (
+    "test_acc",
+    "test_acc_last",
+    "best_val_acc",
+    "best_epoch",
+    "best_test_acc_over_epochs",
+    "teacher_test_acc",
+    "teacher_val_acc",
+    "wall_s",
+    "teacher_wall_s",
+    "student_wall_s",
+)
+
+
+def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary's headline figures, plus ``test_acc_t<t>`` (the selected model at each timestep)."""
+    metrics = {k: float(summary[k]) for k in HEADLINE if summary.get(k) is not None}
+    per_timestep = summary.get("per_timestep_test_acc") or []
+    return metrics | {f"test_acc_t{t}": float(acc) for t, acc in enumerate(per_timestep, start=1)}
 
 
 def last_line(summary: dict[str, Any], out: Path, run_id: str | None) -> str:

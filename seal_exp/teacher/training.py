@@ -84,7 +84,12 @@ class TeacherStage:
         origin = "trained" if teacher.training is not None else teacher.source.origin
         log.info("teacher (%s) test accuracy %.2f%%", origin, test_acc)
         checkpoint_path = str(teacher.source.path)
-        return {"teacher_test_acc": test_acc, "teacher_checkpoint": checkpoint_path, "teacher_origin": origin}
+        return {
+            "teacher_test_acc": test_acc,
+            "teacher_val_acc": teacher.record.get("val_acc"),
+            "teacher_checkpoint": checkpoint_path,
+            "teacher_origin": origin,
+        }
 
     def train_into_cache(self) -> dict[str, Any]:
         """Train the teacher into the cache and return its record, unless a parallel job finished it first.
