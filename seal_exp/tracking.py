@@ -12,9 +12,11 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +78,9 @@ class NoTracker:
         """Nothing to upload."""
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        """Nothing to upload."""
+
+    def log_student(self, model: Any, best: Path, input_example: Any) -> None:
         """Nothing to upload."""
 
     def finish(self, status: str, error: str | None = None) -> None:
@@ -145,7 +150,13 @@ class MLflowTracker:
     """
 
     def __init__(
-        self, uri: str, experiment: str, artifact_location: str | None = None, writable: bool = True
+        self,
+        uri: str,
+        experiment: str,
+        artifact_location: str | None = None,
+        writable: bool = True,
+        log_model: bool = True,
+        register_as: str | None = None,
     ) -> None:
         scheme = _scheme(uri)
         require(
@@ -170,6 +181,14 @@ class MLflowTracker:
                 "the same store",
             )
         require(bool(experiment), "experiment", experiment, "name the MLflow experiment")
+        require(isinstance(log_model, bool), "log_model", log_model, "give true or false")
+        require(
+            register_as is None or (isinstance(register_as, str) and register_as.strip() != ""),
+            "register_as",
+            register_as,
+            "give the registered model's name, or null not to register",
+        )
+        self.log_model, self.register_as = log_model, register_as
         self.uri, self.experiment, self.artifact_location = uri, experiment, artifact_location
         if (
             artifact_location is None and scheme == "sqlite"
@@ -453,6 +472,54 @@ class MLflowTracker:
                 type(exc).__name__,
                 exc,
             )
+
+    def log_student(self, model: Any, best: Path, input_example: Any) -> None:
+        """The selected student: ``best.pt`` (weights and architecture, what ``load_student`` reads) and,
+        with ``log_model``, an MLflow PyTorch model ``student`` (``mlflow.pytorch.load_model``), registered
+        as ``register_as`` when set. Best-effort, as every artifact: the files stay in the run folder."""
+        self.log_artifact(best)
+        if self.run_id is None or self._artifacts_failed or not self.log_model:
+            return
+        import mlflow.pytorch
+        import torch
+
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", "spikingjelly==2.0.0", "seal-exp"]
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / "student"
+                try:  # a traced graph (torch.export): loading it runs no pickled code
+                    mlflow.pytorch.save_model(
+                        model, str(folder), input_example=input_example, pip_requirements=requirements
+                    )
+                except Exception as exc:  # a network torch.export cannot trace: pickled (needs seal-exp)
+                    log.info("student not exportable as a graph (%s); logging it pickled", exc)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    mlflow.pytorch.save_model(
+                        model,
+                        str(folder),
+                        input_example=input_example,
+                        pip_requirements=requirements,
+                        serialization_format="pickle",
+                    )
+                self.client.log_artifacts(self.run_id, str(folder), "student")
+            if self.register_as:
+                self._register(self.register_as)
+        except Exception as exc:
+            log.warning(
+                "MLflow run %s: the student model was not logged (%s: %s)",
+                self.run_id,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _register(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):  # it exists already: add a version
+            _retrying(self.client.create_registered_model, name)
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/student"
+        version = _retrying(self.client.create_model_version, name, source, run_id=self.run_id)
+        log.info("student registered as models:/%s/%s", name, version.version)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Close the active run with ``status``; for a failure, then attach the traceback (best-effort).

@@ -22,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from seal_exp import trained
 from seal_exp.config import ConfigError
 from seal_exp.data import DataSplits
 from seal_exp.plan import Plan, check_writable, prepare
@@ -154,9 +155,14 @@ def _student(
         checkpoint_every_steps=s.checkpoint_every_steps,
         should_stop=should_stop,
         checkpoint_extra=lambda: session.checkpoint_record(plan.tracker, job),
+        best_extra=lambda: {"architecture": trained.architecture(cfg)},
         dist=dist,
     )
     result = fit(job_fit, job.resume)
+    if dist.is_main and (job.out / trained.BEST).is_file():
+        example = next(iter(loaders[1]))[0][:2].numpy()  # test inputs as the network takes them (2: the
+        # batch size stays free in the exported graph; torch.export fixes a size of 1)
+        plan.tracker.log_student(trained.load_student(job.out), job.out / trained.BEST, example)
     summary = {"teacher_logits": teacher_logits}
     return summary | _student_summary(cfg, result, job.out, teacher_acc, data.val_is_test, write=dist.is_main)
 

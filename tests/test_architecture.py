@@ -18,6 +18,7 @@ NEVER = {
     "run": ("training", "teacher", "plan", "train"),
     "tracking.py": ("run", "training", "teacher", "plan", "train", "results", "models", "data", "distillers"),
     "results": ("train", "plan", "training", "teacher", "models", "distillers", "data"),
+    "trained.py": ("train", "plan", "training", "teacher", "distillers", "data", "results"),
 }
 
 

@@ -66,6 +66,7 @@ class Fit:
     checkpoint_every_steps: int | None = None
     should_stop: Callable[[], bool] = field(default=_never)
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None
+    best_extra: Callable[[], dict[str, Any]] | None = None  # what the job adds to best.pt (its architecture)
     dist: Distributed = field(default_factory=lambda: SINGLE)
 
     @property
@@ -176,6 +177,7 @@ def run_epoch(
     if job.checkpoint_dir is not None:
         if improved and job.dist.is_main:
             best = {"epoch": epoch, "val_acc": progress.best_val_acc, "model": progress.best_model}
+            best |= job.best_extra() if job.best_extra is not None else {}
             checkpoint.atomic_save(best, job.checkpoint_dir / "best.pt")
         save_last(job, progress, None, sampler_rng.get_state() if sampler_rng is not None else None)
     if job.dist.any(job.should_stop()) and epoch < job.settings.epochs:
