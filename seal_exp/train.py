@@ -64,12 +64,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             summary = _stages(cfg, plan, job, should_stop, dist)
             session.record_summary(summary, plan.tracker, job, dist)
         if dist.is_main:
-            print(session.last_line(summary, job.out, plan.tracker.run_id), flush=True)
+            line = session.last_line(summary, job.out, plan.tracker.run_id)
+            print(line, flush=True)
+            _into_log_files(line)
         return summary
     finally:
         if job is not None and job.claim is not None:
             job.claim.release()
         dist.close()
+
+
+def _into_log_files(line: str) -> None:
+    """The result line in ``train.log`` too (Hydra's file handler): the console has it from ``print``."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _stages(

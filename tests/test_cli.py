@@ -21,6 +21,11 @@ def test_cli_run_prints_accuracy_and_location_last(tmp_path):
     assert last.startswith("student test accuracy ") and "teacher" in last and "MLflow run" in last
     (summary_path,) = (tmp_path / "outputs").glob("*/*/summary.json")
     assert str(summary_path.parent) in last
+    # without a terminal: progress lines instead of a bar, and the result line in train.log too
+    logged = (summary_path.parent / "train.log").read_text()
+    assert logged.rstrip().endswith(last), logged[-500:]
+    assert "student 1/1:  33% (1/3 steps)" in proc.stdout and "student 1/1: 100% (3/3 steps)" in proc.stdout
+    assert "student test, selected epoch:  50% (1/2 steps)" in proc.stdout
     summary = json.loads(summary_path.read_text())
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(summary["mlflow_run_id"])
@@ -49,6 +54,13 @@ def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
         "seal α=0.3 β=0.15 τ=3 T=4 seed=0 lr=0.05",
         "seal α=0.6 β=0.15 τ=3 T=4 seed=0 lr=0.05",
     ]
+    # the end of the output: the jobs as a table, then how to report on the sweep
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    tail = proc.stdout[proc.stdout.index(f"sweep {sweep_dir}: 2 of 2 jobs finished") :].splitlines()
+    assert tail[1].startswith("| job | distiller.alpha | status | test acc (selected on val) |")
+    summaries = [json.loads((sweep_dir / n / "summary.json").read_text()) for n in ("0", "1")]
+    assert tail[3].startswith(f"| 0 | 0.3 | finished | {summaries[0]['test_acc']:.2f} |")
+    assert tail[-1] == f"report (tables, heatmaps, MLflow): python -m seal_exp.report {sweep_dir}"
     assert all(r.info.status == "FINISHED" for r in children)
     assert sorted(r.data.tags["hydra.job.num"] for r in children) == ["0", "1"]
     (sweep_dir,) = (tmp_path / "multirun").glob("*/*")

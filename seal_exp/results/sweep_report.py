@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from seal_exp.results.tables import markdown_table, metric_stats, num, pm, write_csv_table
 from seal_exp.run.files import read_summary
@@ -470,3 +472,40 @@ def write_report(sweep: Sweep, out_dir: Path, heatmap: tuple[str, str] | None = 
     if sweep.parent is not None and attach(*sweep.parent, files, "report", "the sweep report"):
         attached = sweep.parent[0]
     return SweepReport(text, keys, rows, groups, files, pair, panels, attached)
+
+
+END_COLUMNS = ("test_acc", "best_val_acc", "student_wall_s")
+
+
+def end_of_sweep(sweep_dir: Path) -> str:
+    """What a multirun prints when its last job ends: each job's swept values, status, selected test
+    accuracy, best validation accuracy and time, then the commands that report on it and follow it."""
+    try:
+        sweep = read_sweep_dir(sweep_dir)
+    except ReportError as exc:
+        return f"sweep {sweep_dir}: no job folders to summarise ({exc})"
+    keys = swept_keys(sweep.jobs)
+    rows = job_rows(sweep.jobs, keys)
+    done = sum(1 for r in rows if r["status"] == "finished")
+    table = markdown_table(
+        ["job", *keys, "status", "test acc (selected on val)", "best val acc", "student s"],
+        (
+            [r["job"], *(_label(r[k]) for k in keys), r["status"]]
+            + [num(r[m], 0 if m.endswith("wall_s") else 2) for m in END_COLUMNS]
+            for r in rows
+        ),
+    )
+    lines = [f"sweep {sweep_dir}: {done} of {len(rows)} jobs finished", *table]
+    lines.append(f"report (tables, heatmaps, MLflow): python -m seal_exp.report {sweep_dir}")
+    if done < len(rows):
+        lines.append(
+            f"what is left, and the command that trains it: python -m seal_exp.sweep status {sweep_dir}"
+        )
+    return "\n".join(lines)
+
+
+class SweepSummaryCallback(Callback):
+    """Prints :func:`end_of_sweep` when a multirun ends (also in a SLURM login node's log)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print(end_of_sweep(Path(str(config.hydra.sweep.dir))), flush=True)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.run import checkpoint
 from seal_exp.run.distributed import SINGLE, Distributed
+from seal_exp.training.progress_lines import ProgressLines
 
 
 class NonFiniteLoss(RuntimeError):
@@ -204,6 +205,8 @@ def train_one_epoch(
     )
     terms: dict[str, torch.Tensor] = {}
     readout = LaggedReadout(device)
+    lines = ProgressLines(desc, _limited(len(loader), limit), progress, done=totals.steps)
+    current = None
     for step, (x, y, *extra) in enumerate(bar, start=totals.steps):
         if limit is not None and step >= limit:
             break
@@ -212,9 +215,10 @@ def train_one_epoch(
         logits, terms, loss = train_step(objective, optimizer, x, y, *extra)
         totals.add(terms, logits, y, loss, step)
         if step % progress_every == 0:
-            current = _lagged_check(readout, totals, loss, dist, terms, epoch, last_good)
+            current = _lagged_check(readout, totals, loss, dist, terms, epoch, last_good) or current
             if current is not None:
                 bar.set_postfix(loss=f"{current:.4f}")
+        lines.update(step + 1, current)
         if after_step is not None:
             after_step(step, totals)
     bar.close()

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.run.distributed import SINGLE, Distributed
+from seal_exp.training.progress_lines import ProgressLines
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,18 @@ def evaluate(
     device: torch.device,
     limit: int | None = None,
     dist: Distributed = SINGLE,
+    progress: str | None = None,
 ) -> Accuracy:
     """Accuracy of a spiking ``[T,B,K]`` or ANN ``[B,K]`` model; membranes are reset after every batch.
 
     Data-parallel: each rank evaluates its shard of the split and the counts are added up.
+    ``progress``: what to call the pass in progress lines (written without a terminal only).
     """
     model.eval()
     correct = per_t = prefix = None
     seen = 0
+    total = len(loader) if limit is None else min(len(loader), limit)
+    lines = ProgressLines(progress or "", total, progress is not None and dist.is_main, parts=4)
     for i, (x, y) in enumerate(loader):
         if limit is not None and i >= limit:
             break
@@ -61,6 +66,7 @@ def evaluate(
         else:
             correct, per_t, prefix = correct + hits_mean, per_t + hits_t, prefix + hits_prefix
         seen += len(y)
+        lines.update(i + 1)
     if dist.enabled:  # once per evaluation: this rank's counts, added to everyone's
         mine = None if correct is None else (correct.item(), per_t.tolist(), prefix.tolist(), seen)
         counts = [c for c in dist.gather(mine) if c is not None]

@@ -190,10 +190,12 @@ def _validate(
 ) -> tuple[dict[str, float], bool]:
     """The epoch's metrics; keeps the weights (on the CPU) when validation accuracy improves."""
     limit = job.settings.limit_eval_batches
-    val = evaluate(job.model, job.val_loader, job.device, limit, job.dist)
+    val = evaluate(job.model, job.val_loader, job.device, limit, job.dist, _says(job, f"{epoch} validation"))
     metrics = {f"train/{k}": v for k, v in train_stats.items()} | val.as_metrics("val") | {"lr": lr}
     if job.test_every_epoch:
-        test_acc = evaluate(job.model, job.test_loader, job.device, limit, job.dist).acc
+        test_acc = evaluate(
+            job.model, job.test_loader, job.device, limit, job.dist, _says(job, f"{epoch} test")
+        ).acc
         metrics["test/acc"] = test_acc
         best = progress.best_test_acc
         progress.best_test_acc = test_acc if best is None else max(best, test_acc)
@@ -250,13 +252,22 @@ def save_last(job: Fit, progress: Progress, totals: EpochTotals | None, sampler_
     checkpoint.atomic_save(state | (job.checkpoint_extra() if job.checkpoint_extra else {}), job.last_path)
 
 
+def _says(job: Fit, what: str) -> str | None:
+    """The name of an evaluation pass in progress lines; None when the job shows no progress."""
+    return f"{job.name} {what}" if job.progress else None
+
+
 def select_and_test(job: Fit, progress: Progress) -> FitResult:
     """Test the last epoch's model, then load the selected epoch's weights and test them."""
     limit = job.settings.limit_eval_batches
-    test_last = evaluate(job.model, job.test_loader, job.device, limit, job.dist)
+    test_last = evaluate(
+        job.model, job.test_loader, job.device, limit, job.dist, _says(job, "test, last epoch")
+    )
     assert progress.best_model is not None
     job.model.load_state_dict(progress.best_model)
-    test_best = evaluate(job.model, job.test_loader, job.device, limit, job.dist)
+    test_best = evaluate(
+        job.model, job.test_loader, job.device, limit, job.dist, _says(job, "test, selected epoch")
+    )
     return FitResult(
         progress.best_val_acc,
         progress.best_epoch,
