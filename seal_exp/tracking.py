@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from seal_exp.config import ConfigError, build, flatten, invalid, project_root, require
+from seal_exp.config import CONF_DIR, ConfigError, build, flatten, invalid, project_root, require
 
 log = logging.getLogger(__name__)
 
@@ -603,16 +603,29 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _hydra_choice(group: str) -> str | None:
-    if not HydraConfig.initialized():
-        return None
-    choice = HydraConfig.get().runtime.choices.get(group)
-    return str(choice) if choice else None
-
-
 def method_name(cfg: DictConfig) -> str:
-    """The method as the command line names it (``seal``, ``kd``, ``none``: the ``distiller`` option)."""
-    return _hydra_choice("distiller") or str(cfg.distiller._target_).rsplit(".", 1)[-1].lower()
+    """The method as the command line names it (``seal``, ``kd``, ``none``): the ``conf/distiller`` option
+    that builds this distiller class (else the class's name, for one defined elsewhere)."""
+    target = str(cfg.distiller._target_)
+    options = [p.stem for p in sorted((CONF_DIR / "distiller").glob("*.yaml")) if _target_of(p) == target]
+    return options[0] if len(options) == 1 else target.rsplit(".", 1)[-1].lower()
+
+
+def _target_of(path: Path) -> str | None:
+    for line in path.read_text().splitlines():
+        if line.startswith("_target_:"):
+            return line.split(":", 1)[1].split("#", 1)[0].strip()
+    return None
+
+
+def _job_overrides(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of the Hydra job that composed ``cfg`` (none for a config built in
+    code: Hydra's state may still hold an earlier job's)."""
+    if not HydraConfig.initialized():
+        return []
+    hc = HydraConfig.get()
+    same_job = str(cfg.paths.get("output", "")) == str(hc.runtime.output_dir)
+    return list(hc.overrides.task) if same_job else []
 
 
 def method_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -627,7 +640,7 @@ def method_settings(cfg: DictConfig) -> dict[str, Any]:
 def job_run_name(cfg: DictConfig, stage: str) -> str:
     """``seal α=0.6 β=0.15 τ=3 T=4 seed=0``, plus whatever else the job's overrides change
     (``lr=0.05``); a teacher-only run: ``teacher cnn seed=0``."""
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    overrides = _job_overrides(cfg)
     if stage == "teacher":
         parts = ["teacher", str(cfg.teacher.arch), f"seed={cfg.seed}"]
         shown = {"teacher.arch", "seed"}

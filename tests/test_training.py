@@ -269,3 +269,23 @@ def test_the_value_a_sweeper_optimises_is_validation_accuracy_never_test(tmp_pat
     teacher = main.__wrapped__(make_cfg(tmp_path, [*SMOKE, "stage=teacher"], output=tmp_path / "teacher"))
     record = torch.load(summary["teacher_checkpoint"], weights_only=True)
     assert teacher == record["val_acc"]
+
+
+def test_run_names_come_from_the_config_not_from_an_earlier_hydra_job(tmp_path):
+    """Hydra's global state may still hold an earlier job's choices and overrides (a notebook, a test
+    session): a config built in code is named from itself."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from seal_exp.config import CONF_DIR
+    from seal_exp.tracking import job_run_name
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        earlier = compose("train", ["distiller=self_distill", "optim.lr=0.5"], return_hydra_config=True)
+    earlier.hydra.runtime.output_dir = str(tmp_path / "earlier")
+    HydraConfig.instance().set_config(earlier)
+    try:
+        cfg = make_cfg(tmp_path, ["distiller=kd", "seed=3"])
+        assert job_run_name(cfg, "distill") == "kd α=0.5 τ=4 T=4 seed=3"
+    finally:
+        HydraConfig.instance().cfg = None
