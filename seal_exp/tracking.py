@@ -30,6 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from seal_exp.config import CONF_DIR, ConfigError, build, flatten, invalid, project_root, require
+from seal_exp.notation import display_key
 
 log = logging.getLogger(__name__)
 
@@ -569,7 +570,6 @@ def git_tags(root: str | Path | None = None) -> dict[str, str]:
 
 
 # How a run reads in ``mlflow ui``: names that say what differs, params that say what was computed.
-GREEK = {"alpha": "α", "beta": "β", "gamma": "γ", "tau": "τ", "lam": "λ", "lambda": "λ"}
 NOT_PARAMS = ("paths.", "tracking.", "hydra.")  # where things live on one machine (in the config artifact)
 NOT_PARAM_KEYS = {
     "dataset.root",
@@ -590,13 +590,6 @@ QUIET_OVERRIDES = (
     "trainer.num_workers",
 )
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
-
-
-def display_key(key: str) -> str:
-    """A config key as papers write it: ``distiller.alpha`` → ``α``, ``distiller.alpha_s`` → ``α_s``,
-    ``neuron.T`` → ``T``, ``optim.lr`` → ``lr``."""
-    last = key.lstrip("+~").rsplit(".", 1)[-1]
-    return "_".join(GREEK.get(part, part) for part in last.split("_"))
 
 
 def _number(value: Any) -> str:

@@ -214,14 +214,15 @@ def _student_summary(
 ) -> dict[str, Any]:
     if write:
         run_files.write_epochs_csv(out / "epochs.csv", result.history)
+        what = f"{cfg.dataset.name}, {job_run_name(cfg, 'distill')}"
         run_files.plot_accuracy_per_timestep(
             out / "per_timestep_accuracy.png",
             result.test_best.per_timestep,
             result.test_best.prefix_mean,
             teacher_acc,
-            title=f"{cfg.dataset.name}, T={cfg.neuron.T}, {cfg.distiller._target_.rsplit('.', 1)[-1]} "
-            f"(model selected on {'test' if val_is_test else 'validation'})",
+            title=f"{what}\n(model selected on {'test' if val_is_test else 'validation'})",
         )
+        run_files.plot_training_curves(out / "training_curves.png", result.history, what)
     return {
         "test_acc": result.test_best.acc,
         "test_acc_last": result.test_last.acc,

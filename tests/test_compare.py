@@ -65,7 +65,7 @@ def test_a_small_comparison_writes_its_table_and_attaches_it_to_the_parent_run(t
         ]
     )
     assert code == 0
-    for name in ("comparison.md", "comparison.csv", "comparison.png"):
+    for name in ("comparison.md", "comparison.csv", "comparison.png", "comparison.pdf"):
         assert (sweep / name).is_file()
     text = (sweep / "comparison.md").read_text()
     assert "| none | 0,1 |" in text and "| kd | 0,1 |" in text and "4 finished job(s) of 4" in text
@@ -75,6 +75,7 @@ def test_a_small_comparison_writes_its_table_and_attaches_it_to_the_parent_run(t
         "comparison/comparison.md",
         "comparison/comparison.csv",
         "comparison/comparison.png",
+        "comparison/comparison.pdf",
     }
     assert "wall time of the whole comparison" in capsys.readouterr().out
 

@@ -146,7 +146,8 @@ def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per
 
     # one panel per T, α across, β up, each cell the mean test accuracy over its finished seeds
     assert result.heatmap == ("distiller.alpha", "distiller.beta")
-    assert [p.title for p in result.panels] == ["neuron.T=2", "neuron.T=4"]
+    assert [p.title for p in result.panels] == ["T=2", "T=4"]  # in the papers' notation
+    assert all((p.x_label, p.y_label) == ("α", "β") for p in result.panels)
     for panel, t in zip(result.panels, TS, strict=True):
         assert panel.x_values == list(ALPHAS) and panel.y_values == list(BETAS)
         assert panel.cells == {
@@ -155,6 +156,7 @@ def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per
         }
     height, width, _ = matplotlib.image.imread(sweep / "report_heatmap.png").shape
     assert width > 1.5 * height  # the two panels side by side
+    assert width >= 1000 and (sweep / "report_heatmap.pdf").read_bytes().startswith(b"%PDF")  # 200 dpi
     assert "![mean test accuracy](report_heatmap.png)" in text
 
     assert result.attached_to == parent
@@ -162,6 +164,7 @@ def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per
         "report/report.md",
         "report/report.csv",
         "report/report_heatmap.png",
+        "report/report_heatmap.pdf",
     }
 
     # the command line prints the Markdown and says where the files are
@@ -169,7 +172,7 @@ def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per
     assert main([str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "## Mean ± sample sd over seeds" in out
-    assert f"report files: report.md, report.csv, report_heatmap.png in {sweep}" in out
+    assert f"report files: report.md, report.csv, report_heatmap.png, report_heatmap.pdf in {sweep}" in out
     assert f"attached to MLflow run {parent} under report/" in out
 
 
@@ -178,7 +181,7 @@ def test_the_heatmap_leaves_combinations_without_a_finished_job_blank(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", unfinished=gone)
     result = write_report(read_sweep_dir(sweep), tmp_path / "out")
     t4 = result.panels[1]
-    assert t4.title == "neuron.T=4" and ("0.6", "0.2") not in t4.cells and len(t4.cells) == 3
+    assert t4.title == "T=4" and ("0.6", "0.2") not in t4.cells and len(t4.cells) == 3
     assert len(result.panels[0].cells) == 4
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| 0.6 | 0.2 | 4 | 0 | – | – |" in text  # n = 0, no mean
@@ -187,7 +190,7 @@ def test_the_heatmap_leaves_combinations_without_a_finished_job_blank(tmp_path):
 
     # any other pair of swept keys: T across, α up, one panel per β
     other = write_report(read_sweep_dir(sweep), tmp_path / "out", heatmap=("neuron.T", "distiller.alpha"))
-    assert [p.title for p in other.panels] == ["distiller.beta=0.1", "distiller.beta=0.2"]
+    assert [p.title for p in other.panels] == ["β=0.1", "β=0.2"]
     assert other.panels[0].x_values == list(TS) and other.panels[0].y_values == list(ALPHAS)
 
 
@@ -241,6 +244,7 @@ def test_a_parent_mlflow_run_gives_the_same_tables_as_its_folder(tmp_path, store
         "report/report.md",
         "report/report.csv",
         "report/report_heatmap.png",
+        "report/report_heatmap.pdf",
     }
 
 
@@ -252,6 +256,7 @@ def test_fewer_than_two_numeric_swept_keys_means_no_heatmap_and_the_report_says_
         )
         (tmp_path / str(n) / "summary.json").write_text(json.dumps({"test_acc": 90.0 + n, "seed": seed}))
     (tmp_path / "report_heatmap.png").write_bytes(b"from an earlier report")
+    (tmp_path / "report_heatmap.pdf").write_bytes(b"from an earlier report")
     result = write_report(read_sweep_dir(tmp_path), tmp_path)
     assert result.heatmap is None and result.panels == []
     assert "No heatmap: fewer than two numeric swept keys besides the seed (swept: distiller, seed)." in (
@@ -259,6 +264,7 @@ def test_fewer_than_two_numeric_swept_keys_means_no_heatmap_and_the_report_says_
     )
     assert "| kd | 2 | 0,1 | 90.50 ± 0.71 |" in result.markdown
     assert not (tmp_path / "report_heatmap.png").exists()  # a stale one would contradict the table
+    assert not (tmp_path / "report_heatmap.pdf").exists()
 
 
 def test_bad_inputs_are_refused_with_what_to_pass_before_anything_is_written(tmp_path, store, capsys):

@@ -218,7 +218,10 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     assert metrics["wall_s"] == pytest.approx(metrics["teacher_wall_s"] + metrics["student_wall_s"], abs=0.02)
     assert 0 < summary["teacher_wall_s"] < summary["wall_s"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"summary.json", "epochs.csv", "per_timestep_accuracy.png", "config.yaml"} <= artifacts
+    figures = {
+        f"{name}.{fmt}" for name in ("per_timestep_accuracy", "training_curves") for fmt in ("png", "pdf")
+    }
+    assert {"summary.json", "epochs.csv", "config.yaml", *figures} <= artifacts
     config = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
     assert f"root: {tmp_path}" in Path(config).read_text()  # the paths are kept there, resolved
     experiment = client.get_experiment(run.info.experiment_id)

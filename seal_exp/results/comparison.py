@@ -1,7 +1,7 @@
 """A comparison of distillers: one row per distiller, mean ± sample sd over seeds of the test accuracy
 (selected on validation, last epoch, the papers' best over epochs), per-timestep accuracy and wall time.
 
-Written into the sweep folder as comparison.md, comparison.csv and comparison.png and attached to the
+Written into the sweep folder as comparison.md, comparison.csv and comparison.png / .pdf and attached to the
 sweep's parent MLflow run. ``python -m seal_exp.compare`` runs the sweep and calls ``report``.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from seal_exp import figures
 from seal_exp.config import CONF_DIR
 from seal_exp.results.tables import markdown_table, metric_stats, num, pm, write_csv_table
 from seal_exp.run.files import read_summary
@@ -25,7 +26,7 @@ class ReportError(ValueError):
     """A folder that holds no sweep to tabulate; ``python -m seal_exp.compare`` exits 2 with it."""
 
 
-ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png")
+ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png", "comparison.pdf")
 ACCURACIES = ("test_acc", "test_acc_last", "best_test_acc_over_epochs")
 
 
@@ -148,44 +149,37 @@ def write_csv(path: Path, table: Sequence[dict[str, Any]]) -> None:
     write_csv_table(path, header, rows)
 
 
-def plot(path: Path, table: Sequence[dict[str, Any]], title: str) -> None:
-    """Mean test accuracy with its seed spread (left) and accuracy per timestep (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
-    names = [e["distiller"] for e in table]
-    means = [e["test_acc"] for e in table]
-    sds = [0.0 if math.isnan(e["test_acc_sd"]) else e["test_acc_sd"] for e in table]
-    left.bar(names, means, yerr=sds, capsize=3, color="#9ecae1")
-    for i, e in enumerate(table):
-        left.plot([i] * len(e["per_seed_test_acc"]), e["per_seed_test_acc"], "k.", ms=4)
-    low = min(a for e in table for a in e["per_seed_test_acc"])
-    high = max(a for e in table for a in e["per_seed_test_acc"])
-    left.set_ylim(max(0.0, math.floor(low) - 2), min(100.0, high + 1))
-    left.set_ylabel("test accuracy (%), selected on val")
-    left.tick_params(axis="x", rotation=45)
-    colours = plt.get_cmap("tab20").colors  # one colour per distiller (the default cycle has ten)
-    for i, e in enumerate(table):
-        steps = range(1, len(e["per_timestep_test_acc"]) + 1)
-        right.plot(
-            steps,
-            e["per_timestep_test_acc"],
-            "os^vD"[i % 5] + "-",
-            ms=3,
-            color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
-            label=e["distiller"],
-        )
-        right.set_xticks(list(steps))
-    right.set_xlabel("timestep t")
-    right.set_ylabel("test accuracy of step t alone (%)")
-    right.legend(fontsize=6, ncol=2)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def plot(path: Path, table: Sequence[dict[str, Any]], title: str) -> list[Path]:
+    """Mean test accuracy with its seed spread (left) and accuracy per timestep (right), PNG and PDF."""
+    with figures.style() as plt:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4))
+        names = [e["distiller"] for e in table]
+        means = [e["test_acc"] for e in table]
+        sds = [0.0 if math.isnan(e["test_acc_sd"]) else e["test_acc_sd"] for e in table]
+        left.bar(names, means, yerr=sds, capsize=3, color="#9ecae1", label="mean ± sd over seeds")
+        for i, e in enumerate(table):
+            seeds = e["per_seed_test_acc"]
+            left.plot([i] * len(seeds), seeds, "k.", ms=4, label="one seed" if i == 0 else None)
+        figures.accuracy_axis(left, "test accuracy (%), selected on validation")
+        left.tick_params(axis="x", rotation=45)
+        figures.legend_below(left, ncol=2)
+        colours = plt.get_cmap("tab20").colors  # one colour per distiller (the default cycle has ten)
+        for i, e in enumerate(table):
+            steps = range(1, len(e["per_timestep_test_acc"]) + 1)
+            right.plot(
+                steps,
+                e["per_timestep_test_acc"],
+                "os^vD"[i % 5] + "-",
+                ms=3,
+                color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+                label=e["distiller"],
+            )
+            right.set_xticks(list(steps))
+        right.set_xlabel("timestep t")
+        figures.accuracy_axis(right, "test accuracy of timestep t alone (%)")
+        figures.legend_below(right, ncol=4)
+        fig.suptitle(title)
+        return figures.save(fig, path)
 
 
 def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | None = None) -> str:

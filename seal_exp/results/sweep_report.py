@@ -1,5 +1,5 @@
 """A sweep's report: every job with its swept keys and results, the mean ± sd over seeds of each
-combination, and heatmaps of the mean test accuracy (report.md, report.csv, report_heatmap.png),
+combination, and heatmaps of the mean test accuracy (report.md, report.csv, report_heatmap.png / .pdf),
 attached to the sweep's parent MLflow run.
 
 The sweep is read from its Hydra multirun folder or from its parent MLflow run, so a report can be made
@@ -21,6 +21,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from seal_exp import figures
+from seal_exp.notation import display_key
 from seal_exp.results.tables import markdown_table, metric_stats, num, pm, write_csv_table
 from seal_exp.run.files import read_summary
 from seal_exp.tracking import all_pages, attach, download_summary, parent_run
@@ -36,7 +38,12 @@ METRICS = (
 )
 SEED = "seed"
 DEFAULT_HEATMAP = ("distiller.alpha", "distiller.beta")
-REPORT_FILES = {"md": "report.md", "csv": "report.csv", "png": "report_heatmap.png"}
+REPORT_FILES = {
+    "md": "report.md",
+    "csv": "report.csv",
+    "png": "report_heatmap.png",
+    "pdf": "report_heatmap.pdf",
+}
 HOW_TO_CALL = (
     "pass a Hydra multirun folder (e.g. multirun/<date>/<time>, whose job folders hold .hydra/) "
     "or the id of a sweep's parent MLflow run (it is in <sweep dir>/mlflow_parent_run_id)"
@@ -95,6 +102,8 @@ class HeatmapPanel:
     x_values: list[str]
     y_values: list[str]
     cells: dict[tuple[str, str], str]  # (x value, y value) → the annotation; blank cells are absent
+    x_label: str = ""
+    y_label: str = ""
 
 
 @dataclass
@@ -276,10 +285,6 @@ def plot_heatmaps(
     One colour scale for every panel, so panels compare at a glance; a combination without a finished
     job stays blank.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     panel_keys = [k for k in keys if k not in (x_key, y_key, SEED)]
@@ -308,13 +313,33 @@ def plot_heatmaps(
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
 
+    with figures.style() as plt:
+        return _draw_heatmaps(
+            plt, path, grids, combos, panel_keys, xs, ys, (x_key, y_key), (low, high), title
+        )
+
+
+def _draw_heatmaps(
+    plt: Any,
+    path: Path,
+    grids: list[Any],
+    combos: list[tuple[str | None, ...]],
+    panel_keys: list[str],
+    xs: list[str | None],
+    ys: list[str | None],
+    axes_keys: tuple[str, str],
+    scale: tuple[float, float],
+    title: str,
+) -> list[HeatmapPanel]:
+    import numpy as np
+
+    (x_key, y_key), (low, high) = axes_keys, scale
     cols = min(3, len(combos))
     rows = math.ceil(len(combos) / cols)
     fig, axes = plt.subplots(
         rows,
         cols,
         figsize=(1.2 + cols * max(3.0, 0.7 * len(xs) + 1.6), 0.8 + rows * max(2.6, 0.5 * len(ys) + 1.6)),
-        dpi=120,
         squeeze=False,
         layout="constrained",
     )
@@ -336,18 +361,17 @@ def plot_heatmaps(
                 )
         ax.set_xticks(range(len(xs)), [_label(v) for v in xs])
         ax.set_yticks(range(len(ys)), [_label(v) for v in ys])
-        ax.set_xlabel(x_key)
-        ax.set_ylabel(y_key)
+        ax.set_xlabel(display_key(x_key))
+        ax.set_ylabel(display_key(y_key))
         ax.set_title(
-            ", ".join(f"{k}={_label(v)}" for k, v in zip(panel_keys, combo, strict=True)), fontsize=9
+            ", ".join(f"{display_key(k)}={_label(v)}" for k, v in zip(panel_keys, combo, strict=True))
         )
     for ax in axes.ravel()[len(combos) :]:
         ax.set_axis_off()
     fig.colorbar(image, ax=axes.ravel().tolist(), label="mean test accuracy (%)", shrink=0.9)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title)
     panels = [_read_panel(ax) for ax in axes.ravel() if ax.images]
-    fig.savefig(path)
-    plt.close(fig)
+    figures.save(fig, path)
     return panels
 
 
@@ -359,7 +383,7 @@ def _read_panel(ax: Any) -> HeatmapPanel:
     for text in ax.texts:
         ix, iy = text.get_position()
         cells[(xs[round(ix)], ys[round(iy)])] = text.get_text()
-    return HeatmapPanel(ax.get_title(), xs, ys, cells)
+    return HeatmapPanel(ax.get_title(), xs, ys, cells, ax.get_xlabel(), ax.get_ylabel())
 
 
 def _label(value: str | None) -> str:
@@ -460,14 +484,15 @@ def write_report(sweep: Sweep, out_dir: Path, heatmap: tuple[str, str] | None = 
     files[0].write_text(text)
     write_jobs_csv(files[1], rows, keys)
     panels: list[HeatmapPanel] = []
-    stale = out_dir / REPORT_FILES["png"]
+    heatmaps = [out_dir / REPORT_FILES["png"], out_dir / REPORT_FILES["pdf"]]
     if pair is not None:
         panels = plot_heatmaps(
-            stale, sweep.jobs, keys, *pair, title=f"mean test accuracy (%) over seeds — {sweep.label}"
+            heatmaps[0], sweep.jobs, keys, *pair, title=f"mean test accuracy (%) over seeds — {sweep.label}"
         )
-        files.append(stale)
-    elif stale.is_file():
-        stale.unlink()  # from an earlier report of this sweep; it no longer matches the table
+        files += heatmaps
+    else:
+        for stale in heatmaps:  # from an earlier report of this sweep; it no longer matches the table
+            stale.unlink(missing_ok=True)
     attached = None
     if sweep.parent is not None and attach(*sweep.parent, files, "report", "the sweep report"):
         attached = sweep.parent[0]

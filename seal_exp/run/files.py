@@ -1,4 +1,5 @@
-"""The files a training run leaves in its folder: summary.json, epochs.csv and the accuracy-per-timestep plot.
+"""The files a training run leaves in its folder: summary.json, epochs.csv, the accuracy-per-timestep plot
+and the training curves (each plot as PNG and PDF).
 
 The sweep report and the comparison (:mod:`seal_exp.results`) read them back.
 """
@@ -11,6 +12,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from seal_exp import figures
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> Path:
@@ -42,27 +45,50 @@ def plot_accuracy_per_timestep(
     prefix_mean: Sequence[float],
     teacher_acc: float | None,
     title: str,
-) -> Path:
-    """Accuracy of each timestep alone and of the mean of the first t timesteps (accuracy vs latency)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+) -> list[Path]:
+    """Accuracy of each timestep alone and of the mean of the first t timesteps (accuracy vs latency),
+    as PNG and PDF."""
     steps = list(range(1, len(per_timestep) + 1))
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    ax.bar(steps, per_timestep, width=0.6, color="#9ecae1", label="timestep t alone")
-    ax.plot(steps, prefix_mean, "o-", color="#08519c", label="mean of the first t steps")
-    if teacher_acc is not None:
-        ax.axhline(teacher_acc, color="#a50f15", ls="--", lw=1, label=f"ANN teacher ({teacher_acc:.2f}%)")
-    low = min([*per_timestep, *prefix_mean, *([teacher_acc] if teacher_acc is not None else [])])
-    ax.set_ylim(max(0.0, math.floor(low / 5) * 5 - 5), 100)
-    ax.set_xticks(steps)
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    with figures.style() as plt:
+        fig, ax = plt.subplots(figsize=(4.2, 3.2))
+        ax.bar(steps, per_timestep, width=0.6, color="#9ecae1", label="timestep t alone")
+        ax.plot(steps, prefix_mean, "o-", color="#08519c", label="mean of the first t timesteps")
+        if teacher_acc is not None:
+            ax.axhline(teacher_acc, color="#a50f15", ls="--", lw=1, label=f"ANN teacher ({teacher_acc:.2f}%)")
+        figures.accuracy_axis(ax)
+        ax.set_xticks(steps)
+        ax.set_xlabel("timestep t")
+        ax.set_title(title)
+        figures.legend_below(ax, ncol=2)
+        return figures.save(fig, path)
+
+
+def plot_training_curves(path: Path, history: Sequence[dict[str, float]], title: str) -> list[Path]:
+    """Every training loss term (left) and the train / validation / test accuracy (right) over epochs,
+    as PNG and PDF."""
+    epochs = [int(row["epoch"]) for row in history]
+    terms = [k for k in history[0] if k.startswith("train/") and k not in ("train/acc", "train/loss")]
+    with figures.style() as plt:
+        fig, (losses, accuracies) = plt.subplots(1, 2, figsize=(7.5, 3.0))
+        for key in terms:
+            losses.plot(
+                epochs, [row.get(key, math.nan) for row in history], "o-", ms=3, label=key[len("train/") :]
+            )
+        losses.set_xlabel("epoch")
+        values = [row[k] for row in history for k in terms if math.isfinite(row.get(k, math.nan))]
+        if values and min(values) > 0 and max(values) > 20 * min(values):  # terms of other magnitudes
+            losses.set_yscale("log")
+            losses.set_ylabel("training loss term (log scale)")
+        else:
+            losses.set_ylabel("training loss term")
+            losses.set_ylim(bottom=min(0.0, *values))
+        for key, label in (("train/acc", "train"), ("val/acc", "validation"), ("test/acc", "test")):
+            if any(key in row for row in history):
+                accuracies.plot(epochs, [row.get(key, math.nan) for row in history], "o-", ms=3, label=label)
+        figures.accuracy_axis(accuracies, "accuracy (%)")
+        accuracies.set_xlabel("epoch")
+        for ax in (losses, accuracies):
+            ax.set_xticks(epochs if len(epochs) <= 12 else ax.get_xticks())
+            figures.legend_below(ax, ncol=3)
+        fig.suptitle(title)
+        return figures.save(fig, path)

@@ -291,7 +291,10 @@ def record_summary(summary: dict[str, Any], tracker: Any, job: Job, dist: Distri
     summary["world_size"] = dist.world_size
     run_files.write_summary(job.out / "summary.json", summary)
     tracker.log_metrics(headline_metrics(summary), step=0)
-    for name in ("summary.json", "epochs.csv", "per_timestep_accuracy.png"):
+    figures = [
+        f"{name}.{fmt}" for name in ("per_timestep_accuracy", "training_curves") for fmt in ("png", "pdf")
+    ]
+    for name in ("summary.json", "epochs.csv", *figures):
         tracker.log_artifact(job.out / name)
 
 

@@ -1,0 +1,115 @@
+"""Figures a paper can use: PNG (200 dpi) and PDF, accuracy axes from 0, legends clear of the data,
+labels in the papers' notation. Each figure is inspected as drawn, just before it is written."""
+
+from __future__ import annotations
+
+import matplotlib.image
+import pytest
+
+from seal_exp import figures
+from seal_exp.run import files as run_files
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure saved through seal_exp.figures, kept for inspection before it is written."""
+    kept = []
+    real_save = figures.save
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        kept.append(
+            [
+                {
+                    "ylim": ax.get_ylim(),
+                    "xlabel": ax.get_xlabel(),
+                    "ylabel": ax.get_ylabel(),
+                    "lines": [line.get_label() for line in ax.get_lines()],
+                    "axes_box": ax.get_window_extent(),
+                    "legend_box": ax.get_legend().get_window_extent() if ax.get_legend() else None,
+                }
+                for ax in fig.axes
+            ]
+        )
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "save", keep)
+    return kept
+
+
+def written_at_200_dpi(paths, inches_wide: float) -> None:
+    png, pdf = paths
+    assert png.suffix == ".png" and pdf.suffix == ".pdf"
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert (
+        matplotlib.image.imread(png).shape[1] >= 0.8 * inches_wide * figures.DPI
+    )  # tight bbox trims a little
+
+
+def legends_clear_of_the_data(axes) -> None:
+    for ax in axes:
+        if ax["legend_box"] is not None:
+            assert not ax["legend_box"].overlaps(ax["axes_box"]), "a legend covers the plot area"
+
+
+def test_the_per_timestep_figure(tmp_path, drawn):
+    paths = run_files.plot_accuracy_per_timestep(
+        tmp_path / "per_timestep_accuracy.png",
+        [91.0, 95.5, 96.0, 97.25],
+        [91.0, 94.0, 95.0, 96.0],
+        98.0,
+        "title",
+    )
+    written_at_200_dpi(paths, 4.2)
+    (ax,) = drawn[0]
+    assert ax["ylim"] == (0.0, 100.0)  # gaps at their true scale
+    assert (ax["xlabel"], ax["ylabel"]) == ("timestep t", "test accuracy (%)")
+    legends_clear_of_the_data([ax])
+
+
+def test_the_training_curves_figure(tmp_path, drawn):
+    history = [
+        {
+            "epoch": e,
+            "train/ce": 2.0 / e,
+            "train/ela": 0.1 / e,
+            "train/acc": 50.0 + e,
+            "val/acc": 60.0 + e,
+            "test/acc": 59.0 + e,
+            "lr": 0.1,
+        }
+        for e in (1, 2, 3)
+    ]
+    paths = run_files.plot_training_curves(tmp_path / "training_curves.png", history, "title")
+    written_at_200_dpi(paths, 7.5)
+    losses, accuracies = drawn[0]
+    assert losses["lines"] == ["ce", "ela"]  # every loss term
+    assert losses["ylabel"] == "training loss term (log scale)"  # 2.0 and 0.03: one linear axis hides ela
+    assert accuracies["lines"] == ["train", "validation", "test"] and accuracies["ylim"] == (0.0, 100.0)
+    assert losses["xlabel"] == accuracies["xlabel"] == "epoch"
+    legends_clear_of_the_data([losses, accuracies])
+    for row in history:
+        row["train/ela"] = 1.0 / row["epoch"]  # same magnitude: a linear axis from 0
+    run_files.plot_training_curves(tmp_path / "again.png", history, "title")
+    losses = drawn[1][0]
+    assert losses["ylabel"] == "training loss term" and losses["ylim"][0] == 0.0
+
+
+def test_the_comparison_figure(tmp_path, drawn):
+    from seal_exp.results.comparison import plot
+
+    table = [
+        {
+            "distiller": name,
+            "test_acc": acc,
+            "test_acc_sd": 0.5,
+            "per_seed_test_acc": [acc - 0.5, acc + 0.5],
+            "per_timestep_test_acc": [acc - 2, acc - 1, acc],
+        }
+        for name, acc in (("none", 93.0), ("kd", 95.0), ("seal", 96.0))
+    ]
+    written_at_200_dpi(plot(tmp_path / "comparison.png", table, "title"), 8.5)
+    bars, per_timestep = drawn[0]
+    assert bars["ylim"] == per_timestep["ylim"] == (0.0, 100.0)  # 93 vs 96 % shown at their true distance
+    assert per_timestep["lines"] == ["none", "kd", "seal"] and per_timestep["xlabel"] == "timestep t"
+    legends_clear_of_the_data([bars, per_timestep])
