@@ -158,6 +158,7 @@ class MLflowTracker:
         writable: bool = True,
         log_model: bool = True,
         register_as: str | None = None,
+        system_metrics_every_s: float | None = 10.0,
     ) -> None:
         scheme = _scheme(uri)
         require(
@@ -190,6 +191,15 @@ class MLflowTracker:
             "give the registered model's name, or null not to register",
         )
         self.log_model, self.register_as = log_model, register_as
+        every = system_metrics_every_s
+        require(
+            every is None or (isinstance(every, int | float) and not isinstance(every, bool) and every >= 1),
+            "system_metrics_every_s",
+            every,
+            "give the seconds between samples (>= 1), or null for no system metrics",
+        )
+        self.system_metrics_every_s = every
+        self._system: Any = None
         self.uri, self.experiment, self.artifact_location = uri, experiment, artifact_location
         if (
             artifact_location is None and scheme == "sqlite"
@@ -355,6 +365,23 @@ class MLflowTracker:
         for i in range(0, len(items), 100):
             _retrying(self.client.log_batch, self.run_id, params=items[i : i + 100])
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, self.experiment, self.uri)
+        self._watch_system(resumed=False)
+
+    def _watch_system(self, resumed: bool) -> None:
+        """MLflow's system metrics for the run (``system/cpu_utilization_percentage``, memory, disk,
+        network; GPU utilisation and memory where NVML sees a GPU), sampled in a background thread."""
+        if self.system_metrics_every_s is None or self._system is not None:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                self.run_id, self.system_metrics_every_s, resume_logging=resumed, tracking_uri=self.uri
+            )
+            monitor.start()
+            self._system = monitor
+        except Exception as exc:  # psutil missing, a store that refuses: the run goes on without them
+            log.warning("no system metrics for MLflow run %s (%s: %s)", self.run_id, type(exc).__name__, exc)
 
     def find_runs(self, identity: str) -> list[Any]:
         """Active runs of this experiment with job identity ``identity``, newest first."""
@@ -393,6 +420,7 @@ class MLflowTracker:
         for key, value in {**tags, "resumed": str(resumed)}.items():
             _retrying(self.client.set_tag, run_id, key, value)
         log.info("MLflow run %s reattached (resume #%d)", run_id, resumed)
+        self._watch_system(resumed=True)
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -529,6 +557,10 @@ class MLflowTracker:
         """
         if self.run_id is None:
             return
+        monitor, self._system = self._system, None
+        if monitor is not None:
+            with contextlib.suppress(Exception):  # its last samples are a nicety; the status is not
+                monitor.finish()
         _retrying(self.client.set_terminated, self.run_id, status)
         if not error:
             return
@@ -567,6 +599,17 @@ def git_tags(root: str | Path | None = None) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {"git.commit": "unknown"}
     return {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(dirty))}
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own tags for where a run comes from: the UI's Source and User columns."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = "unknown"
+    return {"mlflow.source.name": "seal_exp.train", "mlflow.source.type": "LOCAL", "mlflow.user": user}
 
 
 # How a run reads in ``mlflow ui``: names that say what differs, params that say what was computed.

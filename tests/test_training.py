@@ -193,6 +193,8 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
         run.data.tags["stage"] == "distill" and run.data.tags["spikingjelly.kernel"] == "lif=torch-reference"
     )
     assert "git.commit" in run.data.tags and run.data.tags["method"] == "seal"
+    assert run.data.tags["mlflow.source.name"] == "seal_exp.train"  # the UI's Source column
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert [m.step for m in history] == [1, 2]
@@ -292,3 +294,19 @@ def test_run_names_come_from_the_config_not_from_an_earlier_hydra_job(tmp_path):
         assert job_run_name(cfg, "distill") == "kd α=0.5 τ=4 T=4 seed=3"
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_system_metrics_are_sampled_into_the_run(tmp_path):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU where NVML sees one), every second here."""
+    overrides = [
+        *SMOKE,
+        "trainer.epochs=3",
+        "trainer.limit_train_batches=30",
+        "tracking.system_metrics_every_s=1",
+    ]
+    summary = train(make_cfg(tmp_path, overrides))
+    run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(summary["mlflow_run_id"])
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
+    assert run.info.status == "FINISHED"

@@ -33,7 +33,15 @@ from seal_exp.run.identity import (
 )
 from seal_exp.run.preemption import Preempted
 from seal_exp.run.resume import resume_point
-from seal_exp.tracking import IDENTITY_TAG, download_summary, git_tags, job_context, method_name, run_params
+from seal_exp.tracking import (
+    IDENTITY_TAG,
+    download_summary,
+    git_tags,
+    job_context,
+    method_name,
+    run_params,
+    source_tags,
+)
 
 log = logging.getLogger("seal_exp")
 
@@ -217,6 +225,7 @@ def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags:
         IDENTITY_TAG: job.identity,
         CODE_TAG: code_version(),
         **git_tags(),
+        **source_tags(),
         **context["tags"],
     }
     method = method_name(cfg)
