@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ MAX_PARAM_CHARS = 6000
 T = TypeVar("T")
 # MLflow 3's UI opens an experiment of this kind on its runs table (not on the GenAI pages)
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+STUDENT_MODEL = "student"  # the name of each run's logged model
 IDENTITY_TAG = "seal.identity"  # a job's identity (seal_exp.run.identity): how relaunches find earlier runs
 
 
@@ -83,6 +85,9 @@ class NoTracker:
 
     def log_student(self, model: Any, best: Path, input_example: Any) -> None:
         """Nothing to upload."""
+
+    def log_dataset(self, name: str, digest: str | None, source: str) -> None:
+        """Nothing to record."""
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Nothing to close."""
@@ -372,6 +377,7 @@ class MLflowTracker:
         network; GPU utilisation and memory where NVML sees a GPU), sampled in a background thread."""
         if self.system_metrics_every_s is None or self._system is not None:
             return
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -515,7 +521,7 @@ class MLflowTracker:
         requirements = [f"torch=={torch.__version__.split('+')[0]}", "spikingjelly==2.0.0", "seal-exp"]
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(tmp) / "student"
+                folder = Path(tmp) / STUDENT_MODEL
                 try:  # a traced graph (torch.export): loading it runs no pickled code
                     mlflow.pytorch.save_model(
                         model, str(folder), input_example=input_example, pip_requirements=requirements
@@ -530,9 +536,9 @@ class MLflowTracker:
                         pip_requirements=requirements,
                         serialization_format="pickle",
                     )
-                self.client.log_artifacts(self.run_id, str(folder), "student")
+                model = self._logged_model(folder)
             if self.register_as:
-                self._register(self.register_as)
+                self._register(self.register_as, model)
         except Exception as exc:
             log.warning(
                 "MLflow run %s: the student model was not logged (%s: %s)",
@@ -541,14 +547,52 @@ class MLflowTracker:
                 exc,
             )
 
-    def _register(self, name: str) -> None:
+    def _logged_model(self, folder: Path) -> Any:
+        """``folder`` (a saved MLflow model) as the run's logged model ``student``: the UI's Models column,
+        ``runs:/<run id>/student`` and ``models:/<model id>`` find it."""
+        from mlflow.entities import LoggedModelOutput
+
+        run = self.client.get_run(self.run_id)
+        model = _retrying(
+            self.client.create_logged_model,
+            run.info.experiment_id,
+            name=STUDENT_MODEL,
+            source_run_id=self.run_id,
+            model_type="spiking student",
+        )
+        self.client.log_model_artifacts(model.model_id, str(folder))
+        _retrying(self.client.finalize_logged_model, model.model_id, "READY")
+        _retrying(self.client.log_outputs, self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model
+
+    def _register(self, name: str, model: Any) -> None:
         from mlflow.exceptions import MlflowException
 
         with contextlib.suppress(MlflowException):  # it exists already: add a version
             _retrying(self.client.create_registered_model, name)
-        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/student"
-        version = _retrying(self.client.create_model_version, name, source, run_id=self.run_id)
+        # the model's own folder as the source: a models:/ source is looked up in MLflow's default store
+        version = _retrying(
+            self.client.create_model_version,
+            name,
+            model.artifact_location,
+            run_id=self.run_id,
+            model_id=model.model_id,
+        )
         log.info("student registered as models:/%s/%s", name, version.version)
+
+    def log_dataset(self, name: str, digest: str | None, source: str) -> None:
+        """The data the run trained on, as MLflow's dataset input (the UI's Dataset column): its name and
+        content fingerprint (:mod:`seal_exp.data.fingerprint`) as the digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if self.run_id is None:
+            return
+        dataset = Dataset(name=name, digest=digest or "unknown", source_type="local", source=source)
+        used = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])
+        try:
+            _retrying(self.client.log_inputs, self.run_id, datasets=[used])
+        except Exception as exc:  # a nicety for the UI: never a reason to stop training
+            log.warning("MLflow run %s: the dataset input was not logged (%s)", self.run_id, exc)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Close the active run with ``status``; for a failure, then attach the traceback (best-effort).
@@ -882,9 +926,17 @@ def _stop_local_jobs(signum: int, wait_s: float = 120.0) -> None:
         running = [pid for pid in running if pid in alive]
 
 
+# The runs table as a comparison: every trained student (sweep parents and teacher-only runs aside, so
+# no job hides under a collapsed parent), the best selected test accuracy first.
+RUNS_TABLE_QUERY = urllib.parse.urlencode(
+    {"searchFilter": 'tags.stage = "distill"', "orderByKey": "metrics.`test_acc`", "orderByAsc": "false"},
+    quote_via=urllib.parse.quote,
+)
+
+
 def runs_tables(uri: str, base_url: str) -> list[str]:
     """One line per experiment of the store: its name, how many runs, and the URL of its runs table in
-    ``mlflow ui`` (what ``make ui`` prints before it starts the server)."""
+    ``mlflow ui``, students sorted by selected test accuracy (what ``make ui`` prints first)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -893,7 +945,7 @@ def runs_tables(uri: str, base_url: str) -> list[str]:
         runs = all_pages(client.search_runs, [experiment.experiment_id])
         if not runs:
             continue
-        url = f"{base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"
+        url = f"{base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs?{RUNS_TABLE_QUERY}"
         lines.append(f"{experiment.name}: {len(runs)} runs  {url}")
     return lines or [f"no runs yet in {uri}: `make train` makes one"]
 

@@ -89,7 +89,8 @@ def _stages(
     log.info("loading %s", cfg.dataset.name)
     data = plan.dataset.load()
     if dist.is_main:
-        session.record_data(plan.tracker, job, plan.dataset.fingerprint())
+        source = str(cfg.dataset.get("root") or f"embedded ({cfg.dataset._target_.rsplit('.', 1)[-1]})")
+        session.record_data(plan.tracker, job, plan.dataset.fingerprint(), str(cfg.dataset.name), source)
     log.info(
         "%s: %d train / %d val / %d test (split %s)",
         cfg.dataset.name,

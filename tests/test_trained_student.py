@@ -52,23 +52,31 @@ def test_every_way_to_name_the_run_gives_the_same_network(finished):
 
 
 def test_the_run_logs_its_student_as_an_mlflow_model(finished):
+    """A logged model ``student`` of the run (the UI's Models column), READY, registered as asked, and
+    loadable by MLflow alone from ``runs:/<id>/student`` or ``models:/<model id>``."""
     import mlflow.pytorch
 
     root, _, summary = finished
     store = f"sqlite:///{root}/mlflow.db"
     run_id = summary["mlflow_run_id"]
     client = MlflowClient(store)
-    files = {a.path for a in client.list_artifacts(run_id, "student")}
-    assert {"student/MLmodel", "student/input_example.json"} <= files
+    run = client.get_run(run_id)
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string="name = 'student'"
+    )
+    (model,) = [m for m in models if m.source_run_id == run_id]
+    assert str(model.status).endswith("READY")
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
     (version,) = client.search_model_versions("name='digits-seal'")
-    assert version.run_id == run_id
+    assert (version.run_id, version.source) == (run_id, model.artifact_location)
+    x = torch.randn(5, 1, 8, 8)  # another batch size than the example's
+    expected = load_student(run_id, tracking_uri=store)(x)
     mlflow.set_tracking_uri(store)
     try:
-        model = mlflow.pytorch.load_model(f"runs:/{run_id}/student")
+        for uri in (f"runs:/{run_id}/student", f"models:/{model.model_id}"):
+            assert torch.equal(mlflow.pytorch.load_model(uri)(x), expected), uri
     finally:
         mlflow.set_tracking_uri(None)
-    x = torch.randn(5, 1, 8, 8)  # another batch size than the example's
-    assert torch.equal(model(x), load_student(run_id, tracking_uri=store)(x))
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,8 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     )
     assert "git.commit" in run.data.tags and run.data.tags["method"] == "seal"
     assert run.data.tags["mlflow.source.name"] == "seal_exp.train"  # the UI's Source column
+    (used,) = run.inputs.dataset_inputs  # the UI's Dataset column: the data and its content fingerprint
+    assert (used.dataset.name, used.dataset.digest) == ("digits", summary["data_fingerprint"])
     assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     history = client.get_metric_history(run.info.run_id, "val/acc")
@@ -231,7 +233,8 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
     from seal_exp.tracking import runs_tables
 
-    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+    query = "searchFilter=tags.stage%20%3D%20%22distill%22&orderByKey=metrics.%60test_acc%60&orderByAsc=false"
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?{query}"
     assert runs_tables(f"sqlite:///{tmp_path}/mlflow.db", "http://127.0.0.1:5000") == [
         f"seal-exp/digits: 1 runs  {url}"
     ]

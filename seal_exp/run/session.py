@@ -172,9 +172,10 @@ def _other_data_line(cfg: DictConfig, run: Any, job: Job) -> str:
     )
 
 
-def record_data(tracker: Any, job: Job, fingerprint: str | None) -> None:
-    """Rank 0, once the data is read: record its fingerprint on the run, and refuse a ``last.pt`` trained
-    on other data (an event dataset's fingerprint is only known once its frame cache is built)."""
+def record_data(tracker: Any, job: Job, fingerprint: str | None, name: str = "", source: str = "") -> None:
+    """Rank 0, once the data is read: record its fingerprint on the run (a tag, and MLflow's dataset input
+    ``name`` from ``source``), and refuse a ``last.pt`` trained on other data (an event dataset's
+    fingerprint is only known once its frame cache is built)."""
     written = (job.resume or {}).get("data")
     if written is not None and fingerprint is not None and written != fingerprint:
         raise ConfigError(
@@ -184,6 +185,8 @@ def record_data(tracker: Any, job: Job, fingerprint: str | None) -> None:
     job.data = fingerprint
     if fingerprint is not None:
         tracker.set_tags({DATA_TAG: fingerprint})
+    if name and not job.resume:  # once per run: a resumed run has it already
+        tracker.log_dataset(name, fingerprint, source)
 
 
 def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
