@@ -704,7 +704,8 @@ def _job_overrides(cfg: DictConfig) -> list[str]:
     if not HydraConfig.initialized():
         return []
     hc = HydraConfig.get()
-    same_job = str(cfg.paths.get("output", "")) == str(hc.runtime.output_dir)
+    ran_in = OmegaConf.select(hc, "runtime.output_dir", default=None)  # unset in a launching process
+    same_job = ran_in is not None and str(cfg.paths.get("output", "")) == str(ran_in)
     return list(hc.overrides.task) if same_job else []
 
 

@@ -289,11 +289,16 @@ def test_run_names_come_from_the_config_not_from_an_earlier_hydra_job(tmp_path):
     from seal_exp.tracking import job_run_name
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        earlier = compose("train", ["distiller=self_distill", "optim.lr=0.5"], return_hydra_config=True)
-    earlier.hydra.runtime.output_dir = str(tmp_path / "earlier")
-    HydraConfig.instance().set_config(earlier)
+        launching, earlier = (
+            compose("train", ["distiller=self_distill", "optim.lr=0.5"], return_hydra_config=True)
+            for _ in range(2)
+        )
+    earlier.hydra.runtime.output_dir = str(tmp_path / "earlier")  # an earlier job's own folder
+    cfg = make_cfg(tmp_path, ["distiller=kd", "seed=3"])
     try:
-        cfg = make_cfg(tmp_path, ["distiller=kd", "seed=3"])
+        HydraConfig.instance().set_config(launching)  # a sweep's launching process: no output folder
+        assert job_run_name(cfg, "distill") == "kd α=0.5 τ=4 T=4 seed=3"
+        HydraConfig.instance().set_config(earlier)
         assert job_run_name(cfg, "distill") == "kd α=0.5 τ=4 T=4 seed=3"
     finally:
         HydraConfig.instance().cfg = None
