@@ -14,7 +14,7 @@ from seal_exp.train import train
 from seal_exp.training.evaluate import evaluate
 from tests.conftest import SMOKE, make_cfg
 
-RUN = (*SMOKE, "trainer.epochs=2", "tracking.register_as=digits-seal")
+RUN = (*SMOKE, "trainer.epochs=2", "tracking.log_model=true", "tracking.register_as=digits-seal")
 
 
 @pytest.fixture(scope="module")
