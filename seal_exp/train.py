@@ -175,7 +175,10 @@ def _student(
         # batch size stays free in the exported graph; torch.export fixes a size of 1)
         plan.tracker.log_student(trained.load_student(job.out), job.out / trained.BEST, example)
     summary = {"teacher_logits": teacher_logits}
-    return summary | _student_summary(cfg, result, job.out, teacher_acc, data.val_is_test, write=dist.is_main)
+    files = dist.is_main
+    return summary | _student_summary(
+        cfg, result, job.out, teacher_acc, data.val_is_test, write=files, draw=s.figures
+    )
 
 
 def _training_part(cfg: DictConfig, plan: Plan, data: DataSplits, dist: Distributed) -> Any:
@@ -212,9 +215,11 @@ def _student_summary(
     val_is_test: bool,
     *,
     write: bool = True,
+    draw: bool = True,
 ) -> dict[str, Any]:
     if write:
         run_files.write_epochs_csv(out / "epochs.csv", result.history)
+    if write and draw:
         what = f"{cfg.dataset.name}, {job_run_name(cfg, 'distill')}"
         run_files.plot_accuracy_per_timestep(
             out / "per_timestep_accuracy.png",

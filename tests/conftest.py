@@ -21,8 +21,8 @@ REPO = CONF_DIR.parent
 def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = None) -> DictConfig:
     """The composed ``train`` config with every path under ``root`` (no project files are touched).
 
-    The student is not logged as an MLflow model here (``torch.export`` of a ResNet takes seconds, on
-    every run of the suite); ``tests/test_trained_student.py`` turns it on and checks it."""
+    Neither the figures (about a second a run) nor the MLflow model (``torch.export`` of a ResNet takes
+    seconds) are made here, on every run of the suite; the tests of each turn it on and check it."""
     quiet = [] if any(o.startswith("tracking=") for o in overrides) else ["tracking.log_model=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
@@ -31,6 +31,7 @@ def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = No
                 f"paths.root={root}",
                 f"paths.output={output or root / 'out'}",
                 "trainer.progress=false",
+                "trainer.figures=false",
                 *quiet,
                 *overrides,
             ],

@@ -40,8 +40,9 @@ def test_smoke_run_of_each_distiller(shared_root, tmp_path, distiller):
     assert (summary["teacher_test_acc"] is None) == (distiller == "none")
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["test_acc"] == summary["test_acc"] and on_disk["mlflow_run_id"] is None
-    for name in ("epochs.csv", "per_timestep_accuracy.png", "last.pt", "best.pt"):
+    for name in ("epochs.csv", "last.pt", "best.pt"):
         assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "training_curves.png").exists()  # trainer.figures=false (make_cfg)
 
 
 def test_last_checkpoint_loads_with_weights_only(shared_root, tmp_path):
@@ -175,7 +176,7 @@ def test_unknown_key_without_plus_is_refused_by_hydra(tmp_path):
 
 
 def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
-    summary = train(make_cfg(tmp_path, [*SMOKE, "trainer.epochs=2"]))
+    summary = train(make_cfg(tmp_path, [*SMOKE, "trainer.epochs=2", "trainer.figures=true"]))
     (run,) = tracked_runs(tmp_path)
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     assert (

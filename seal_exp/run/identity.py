@@ -35,6 +35,7 @@ EXCLUDED = (
     "trainer.device",
     "trainer.progress",
     "trainer.progress_every",
+    "trainer.figures",
     "trainer.num_workers",
     "trainer.pin_memory",
     "trainer.persistent_workers",

@@ -54,6 +54,7 @@ class TrainerSettings(LoopSettings):
     test_every_epoch: bool = True
     progress: bool = True
     progress_every: int = 20
+    figures: bool = True
     checkpoint_every_steps: int | None = None
     sync_batchnorm: bool = False
     dist_backend: str = "auto"
@@ -131,6 +132,7 @@ class TrainerSettings(LoopSettings):
             "use auto (pinned when CUDA is present), true or false",
         )
         require(_is_count(self.progress_every), "progress_every", self.progress_every, "use an integer >= 1")
+        require(isinstance(self.figures, bool), "figures", self.figures, "give true or false")
 
     def resolve_device(self) -> torch.device:
         """The device to run on; one this machine lacks is refused now, before any data is read."""
