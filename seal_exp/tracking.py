@@ -605,6 +605,9 @@ class MLflowTracker:
         if monitor is not None:
             with contextlib.suppress(Exception):  # its last samples are a nicety; the status is not
                 monitor.finish()
+                monitor.collect_metrics()  # one sample at the end: a run shorter than an interval has one too
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
         _retrying(self.client.set_terminated, self.run_id, status)
         if not error:
             return
