@@ -252,15 +252,13 @@ def test_a_job_requeued_while_its_teacher_trains_keeps_one_run_and_each_teacher_
 
 
 def test_slurm_ddp_is_requeued_at_its_time_limit_and_resumes_with_both_ranks(tmp_path):
-    """Two gloo ranks at a 1-minute limit: both get USR2, rank 0 checkpoints and requeues the job, rank 1
-    leaves at the requeue's SIGTERM (not at SLURM's SIGKILL), and the next attempt's two ranks continue
-    from that checkpoint, in the same MLflow run."""
+    """Two gloo ranks at a 1-minute limit: both get USR2, rank 0 checkpoints and requeues the job, and the
+    next attempt's two ranks continue from that checkpoint, in the same MLflow run. (That rank 1 leaves
+    at the requeue's SIGTERM is tested in test_preemption.py: srun may also end the step itself.)"""
     folder = tmp_path / "sweep"
     launcher = ["hydra/launcher=slurm_ddp", *ON_CPUS[1:], "hydra.launcher.tasks_per_node=2"]
     paced = ["+dataset.seconds_per_sample=0.025", "trainer.epochs=2", "trainer.batch_size=64"]
     sweep_on_paced_data(tmp_path, folder, *paced, *AT_A_ONE_MINUTE_LIMIT, launcher=launcher)
-    logs = "".join(p.read_text() for p in folder.glob(".submitit/*/*_log.*"))
-    assert "Killed" not in logs, logs[-3000:]  # srun's "task 1: Killed": a rank outlived the requeue
     summary = json.loads((folder / "0" / "summary.json").read_text())
     assert summary["world_size"] == 2
     with (folder / "0" / "epochs.csv").open() as f:
