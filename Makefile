@@ -16,7 +16,7 @@ SWEEP_DIR := $(SWEEP_DIR)
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make test    the test suite (~9 min on 2 CPU cores; the 15 slowest tests are listed at the end)"
-	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~14 min)"
+	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~11 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db (prints each experiment's runs-table URL first)"
