@@ -11,10 +11,11 @@ SWEEP ?= distiller.alpha=0.3,0.6 distiller.beta=0.05,0.15 neuron.T=2,4 trainer.e
 SWEEP_DIR ?= multirun/sweep/$(shell date +%Y-%m-%d_%H-%M-%S)_$(shell od -An -N2 -tx1 /dev/urandom | tr -d " \n")
 SWEEP_DIR := $(SWEEP_DIR)
 
-.PHONY: help install train test test-slurm sweep compare ui lint clean models bench
+.PHONY: help install train evaluate test test-slurm sweep compare ui lint clean models bench
 
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
+	@echo "make evaluate RUN=<run folder | MLflow run id> [ARGS=\"eval.attack=pgd eval.timesteps=[1,2,6]\"]  a finished run's energy, T' and robustness"
 	@echo "make test    the test suite (~9 min on 2 CPU cores; the 15 slowest tests are listed at the end)"
 	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~11 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
@@ -35,6 +36,10 @@ install: $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/python -m seal_exp.train $(ARGS)
+
+evaluate: $(STAMP)
+	@test -n "$(RUN)" || { echo "make evaluate RUN=<run folder | MLflow run id> [ARGS=\"eval.attack=pgd ...\"]" >&2; exit 2; }
+	$(BIN)/python -m seal_exp.evaluate $(RUN) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -21,6 +21,8 @@ from seal_exp.config import ConfigError, build, check_numbers, check_top_level_k
 from seal_exp.data import DataSplits, make_loader
 from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
+from seal_exp.measures.evaluation import check_applicable
+from seal_exp.measures.settings import EvalSettings
 from seal_exp.models import build_student, build_teacher, speed
 from seal_exp.models.neurons import kernel_in_use
 from seal_exp.models.sync_batch_norm import convert_sync_batch_norm
@@ -78,6 +80,7 @@ class Plan:
     launch: LaunchEnvironment | None  # torchrun / submitit tasks: this process's rank
     student: StudentPlan | None = None
     teacher: TeacherPlan | None = None
+    eval: EvalSettings | None = None  # what the selected student is measured on after training
 
     @property
     def method(self) -> str:
@@ -137,6 +140,9 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
     if data:
         check_writable("paths.output", cfg.paths.output, "the run's folder (hydra.run.dir)")
     settings = build(cfg.trainer, "trainer")
+    eval_settings = build(cfg.eval, "eval") if "eval" in cfg else EvalSettings()
+    if cfg.stage == "distill" and eval_settings.after_training:
+        check_applicable(cfg, eval_settings)
     launch = distributed.launch_environment()
     world = launch.world_size if launch else 1
     _check_global_batch("trainer.batch_size", settings.batch_size, world, "it is the global batch, split")
@@ -148,6 +154,7 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
         dataset=build(cfg.dataset, "dataset") if data else None,
         tracker=build(cfg.tracking, "tracking") if data else NoTracker(),
         launch=launch,
+        eval=eval_settings,
     )
     sync_bn = settings.sync_batchnorm and world > 1  # before any optimiser holds the BatchNorm parameters
     try:

@@ -660,7 +660,8 @@ def source_tags() -> dict[str, str]:
 
 
 # How a run reads in ``mlflow ui``: names that say what differs, params that say what was computed.
-NOT_PARAMS = ("paths.", "tracking.", "hydra.")  # where things live on one machine (in the config artifact)
+NOT_PARAMS = ("paths.", "tracking.", "hydra.", "eval.")  # where things live on one machine, and what is
+# measured after training (``evaluate`` may measure again with other settings); all in the config artifact
 NOT_PARAM_KEYS = {
     "dataset.root",
     "teacher.cache_dir",

@@ -25,8 +25,9 @@ from omegaconf import DictConfig
 from seal_exp import trained
 from seal_exp.config import ConfigError
 from seal_exp.data import DataSplits
+from seal_exp.measures import evaluation
 from seal_exp.plan import Plan, check_writable, prepare
-from seal_exp.run import distributed, session
+from seal_exp.run import checkpoint, distributed, session
 from seal_exp.run import files as run_files
 from seal_exp.run.claim import JobRunning
 from seal_exp.run.distributed import Distributed
@@ -176,9 +177,36 @@ def _student(
         plan.tracker.log_student(trained.load_student(job.out), job.out / trained.BEST, example)
     summary = {"teacher_logits": teacher_logits}
     files = dist.is_main
-    return summary | _student_summary(
+    summary |= _student_summary(
         cfg, result, job.out, teacher_acc, data.val_is_test, write=files, draw=s.figures
     )
+    if dist.is_main and plan.eval.after_training and (job.out / trained.BEST).is_file():
+        summary |= _measures(cfg, plan, data, job.out, summary["prefix_mean_test_acc"])
+    return summary
+
+
+def _measures(
+    cfg: DictConfig, plan: Plan, data: DataSplits, out: Path, prefix_mean: list[float]
+) -> dict[str, Any]:
+    """The selected student measured beyond top-1 (``eval.*``): logged, drawn, and its summary lines."""
+    teacher = plan.teacher.model if plan.teacher is not None else None
+    subject = evaluation.Subject(
+        cfg,
+        checkpoint.load(out / trained.BEST),
+        data,
+        plan.device,
+        teacher=teacher,
+        batch_size=plan.settings.eval_batch_size,
+        num_workers=plan.settings.num_workers,
+        eval_limit=plan.settings.limit_eval_batches,
+    )
+    result = evaluation.measure(subject, plan.eval)
+    for line in result.lines():
+        log.info(line)
+    plan.tracker.log_metrics(result.metrics(), step=0)
+    if plan.settings.figures:
+        evaluation.draw(result, out, f"{cfg.dataset.name}, {job_run_name(cfg, 'distill')}", prefix_mean)
+    return result.headline() | {"measures": result.as_dict()}
 
 
 def _training_part(cfg: DictConfig, plan: Plan, data: DataSplits, dist: Distributed) -> Any:

@@ -92,10 +92,10 @@ def load_student(source: str | os.PathLike[str], tracking_uri: str | None = None
         if not path.is_file():
             raise ConfigError(f"{path}: no such file")
         return student_from_checkpoint(path)
-    return student_from_checkpoint(_best_of_run(_run_id(text, tracking_uri), tracking_uri))
+    return student_from_checkpoint(_best_of_run(run_id_of(text, tracking_uri), tracking_uri))
 
 
-def _client(tracking_uri: str | None) -> Any:
+def tracking_client(tracking_uri: str | None) -> Any:
     from mlflow.tracking import MlflowClient
 
     from seal_exp.tracking import default_tracking_uri
@@ -103,13 +103,13 @@ def _client(tracking_uri: str | None) -> Any:
     return MlflowClient(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri())
 
 
-def _run_id(text: str, tracking_uri: str | None) -> str:
+def run_id_of(text: str, tracking_uri: str | None) -> str:
     """The MLflow run behind a run id, ``runs:/<id>[/…]`` or ``models:/<name>/<version|alias>``."""
     if text.startswith("runs:/"):
         return text[len("runs:/") :].split("/", 1)[0]
     if text.startswith("models:/"):
         name, _, which = text[len("models:/") :].partition("/")
-        client = _client(tracking_uri)
+        client = tracking_client(tracking_uri)
         try:
             version = client.get_model_version(name, which) if which.isdigit() else None
             version = version or client.get_model_version_by_alias(name, which)
@@ -126,7 +126,7 @@ def _run_id(text: str, tracking_uri: str | None) -> str:
 
 def _best_of_run(run_id: str, tracking_uri: str | None) -> Path:
     """The run's ``best.pt``: its MLflow artifact, else the file in the run folder it names."""
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     try:
         run = client.get_run(run_id)
     except Exception as exc:

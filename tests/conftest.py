@@ -21,8 +21,9 @@ REPO = CONF_DIR.parent
 def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = None) -> DictConfig:
     """The composed ``train`` config with every path under ``root`` (no project files are touched).
 
-    Neither the figures (about a second a run) nor the MLflow model (``torch.export`` of a ResNet takes
-    seconds) are made here, on every run of the suite; the tests of each turn it on and check it."""
+    Neither the figures (about a second a run), the MLflow model (``torch.export`` of a ResNet takes
+    seconds) nor the measurements after training (``eval.after_training``) are made here, on every run of
+    the suite; the tests of each turn it on and check it."""
     quiet = [] if any(o.startswith("tracking=") for o in overrides) else ["tracking.log_model=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(
@@ -32,6 +33,7 @@ def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = No
                 f"paths.output={output or root / 'out'}",
                 "trainer.progress=false",
                 "trainer.figures=false",
+                "eval.after_training=false",
                 *quiet,
                 *overrides,
             ],
@@ -76,13 +78,21 @@ def run_cli(
     *,
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = (),
+    measure: bool = False,
 ) -> subprocess.CompletedProcess:
     """``python -m <module> ARGS`` (default seal_exp.train) in a fresh interpreter, as a user runs it.
 
     ``launcher``: what runs the module instead of the plain interpreter (``python -m
-    torch.distributed.run --nproc_per_node=2``); ``env``: extra environment variables.
+    torch.distributed.run --nproc_per_node=2``); ``env``: extra environment variables. Training runs skip
+    the measurements after training (``eval.after_training``, seconds per job) unless ``measure``.
     """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    if (
+        module == "seal_exp.train"
+        and not measure
+        and not any(a.startswith("eval.after_training=") for a in args)
+    ):
+        args = [*args, "eval.after_training=false"]
     return subprocess.run(
         [*(launcher or [sys.executable]), "-m", module, *args],
         cwd=cwd,

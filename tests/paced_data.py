@@ -56,5 +56,6 @@ PACED = (
     "trainer.eval_batch_size=500",
     "trainer.checkpoint_every_steps=5",
     "trainer.progress=false",
+    "eval.after_training=false",  # seconds per job on 500 test samples; tests/test_evaluate.py covers it
 )
 WITH_TESTS = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

@@ -19,6 +19,7 @@ NEVER = {
     "tracking.py": ("run", "training", "teacher", "plan", "train", "results", "models", "data", "distillers"),
     "results": ("train", "plan", "training", "teacher", "models", "distillers", "data"),
     "trained.py": ("train", "plan", "training", "teacher", "distillers", "data", "results"),
+    "measures": ("distillers", "tracking", "results", "teacher", "plan", "train"),
 }
 
 

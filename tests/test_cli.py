@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_cli_run_prints_accuracy_and_location_last(tmp_path):
-    proc = run_cli([*SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path)
+    proc = run_cli([*SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path, measure=True)  # the defaults
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("student test accuracy ") and "teacher" in last and "MLflow run" in last
@@ -27,6 +27,9 @@ def test_cli_run_prints_accuracy_and_location_last(tmp_path):
     assert "student 1/1:  33% (1/3 steps)" in proc.stdout and "student 1/1: 100% (3/3 steps)" in proc.stdout
     assert "student test, selected epoch:  50% (1/2 steps)" in proc.stdout
     summary = json.loads(summary_path.read_text())
+    # the measurements after training, on by default: in the log and in the summary
+    assert "student: firing rate " in proc.stdout and "× the student's energy" in proc.stdout
+    assert summary["energy_uj"] > 0 and summary["teacher_energy_uj"] > summary["energy_uj"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"

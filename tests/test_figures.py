@@ -22,6 +22,7 @@ def drawn(monkeypatch):
             [
                 {
                     "ylim": ax.get_ylim(),
+                    "xlim": ax.get_xlim(),
                     "xlabel": ax.get_xlabel(),
                     "ylabel": ax.get_ylabel(),
                     "lines": [line.get_label() for line in ax.get_lines()],
@@ -113,3 +114,55 @@ def test_the_comparison_figure(tmp_path, drawn):
     assert bars["ylim"] == per_timestep["ylim"] == (0.0, 100.0)  # 93 vs 96 % shown at their true distance
     assert per_timestep["lines"] == ["none", "kd", "seal"] and per_timestep["xlabel"] == "timestep t"
     legends_clear_of_the_data([bars, per_timestep])
+
+
+def _activity():
+    from seal_exp.measures.activity import Activity, LayerActivity
+
+    layers = [
+        LayerActivity("features.0", 100, 0.10, [0.05, 0.10, 0.15]),
+        LayerActivity("features.4", 50, 0.30, [0.20, 0.30, 0.40]),
+    ]
+    return Activity(
+        samples=8,
+        T=3,
+        firing_rate=(100 * 0.10 + 50 * 0.30) / 150,
+        firing_rate_per_timestep=[
+            (100 * a + 50 * b) / 150 for a, b in ((0.05, 0.2), (0.1, 0.3), (0.15, 0.4))
+        ],
+        layers=layers,
+        synops=1e6,
+        macs=2e5,
+        energy_uj=1.0,
+        energy_simple_uj=None,
+        regime="E_MAC 4.6 pJ × MACs + E_AC 0.9 pJ × SynOps",
+    )
+
+
+def test_the_measurement_figures(tmp_path, drawn):
+    """Firing rates per timestep (lines, one per layer plus all layers) and per layer (bars) from 0; accuracy
+    against T' and against the attack's ε on the 0-100 axis."""
+    from seal_exp.measures import plots
+    from seal_exp.measures.attacks import Robustness
+
+    written_at_200_dpi(plots.firing_rates(tmp_path / "firing_rates.png", _activity(), "title"), 7.5)
+    per_t, per_layer = drawn[0]
+    assert per_t["ylim"][0] == 0 and per_t["ylim"][1] >= 0.40  # the highest rate is on the axis
+    assert per_t["lines"] == ["features.0", "features.4", "all layers"]
+    assert per_t["xlabel"] == "timestep t"
+    assert per_layer["xlim"][0] == 0 and per_layer["xlim"][1] >= 0.30  # bars from 0
+    assert "all layers: 0.167" in per_layer["xlabel"]
+    legends_clear_of_the_data([per_t])
+    written_at_200_dpi(
+        plots.accuracy_at_timesteps(
+            tmp_path / "at_t.png", {1: 60.0, 2: 80.0, 3: 90.0, 5: 91.0}, 3, [60.0, 79.0, 90.0], "t"
+        ),
+        4.2,
+    )
+    (ax,) = drawn[1]
+    assert ax["ylim"] == (0.0, 100.0) and ax["xlabel"] == "timesteps T'"
+    legends_clear_of_the_data([ax])
+    result = Robustness("pgd", 8, 90.0, {0.01: 70.0, 0.03: 40.0}, 10, {0.01: 0.0025, 0.03: 0.0075})
+    written_at_200_dpi(plots.robustness(tmp_path / "robustness.png", result, "t"), 4.2)
+    (ax,) = drawn[2]
+    assert ax["ylim"] == (0.0, 100.0) and ax["xlabel"].startswith("ε")

@@ -1,7 +1,8 @@
 """python -m seal_exp.report: a sweep's tables and heatmaps, from its folder or its parent MLflow run.
 
-Fake sweeps (no training): a 2×2×2 α × β × T grid × 2 seeds with known accuracies, one job unfinished.
-Every expected number is computed here from those accuracies, not by the code under test.
+Fake sweeps (no training): a 2×2×2 α × β × T grid × 2 seeds with known accuracies, one job unfinished;
+optionally with known firing rates, SynOps and energies, and evaluation.json files over some summaries.
+Every expected number is computed here from those figures, not by the code under test.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from seal_exp.report import main
-from seal_exp.results.sweep_report import read_sweep_dir, write_report
+from seal_exp.results.sweep_report import read_parent_run, read_sweep_dir, write_report
 
 ALPHAS, BETAS, TS, SEEDS = ("0.3", "0.6"), ("0.1", "0.2"), ("2", "4"), ("0", "1")
 GRID = list(itertools.product(ALPHAS, BETAS, TS, SEEDS))  # job n is GRID[n], in Hydra's order
@@ -63,8 +64,45 @@ def metric(n: int, key: str) -> float:
     return summary(n)[key]
 
 
-def make_sweep(folder: Path, unfinished: set[int] = frozenset({UNFINISHED})) -> Path:
-    """A Hydra multirun folder as ``python -m seal_exp.train -m …`` leaves it (the files the report reads)."""
+REGIME = "E_MAC 4.6 pJ × MACs + E_AC 0.9 pJ × SynOps (45 nm fp32, Horowitz 2014); BatchNorm folded"
+# what a later ``python -m seal_exp.evaluate`` wrote beside two summaries: job 2 measured again, with attacks
+EVALUATIONS = {
+    2: {
+        "energy_uj": 0.111,
+        "robust_attack": "pgd",
+        "robust_acc_pgd_eps0.03": 41.5,
+        "robust_acc_pgd_eps0.1": 12.0,
+        "robust_acc_fgsm_eps0.03": 55.0,
+        "activity": {"regime": "not merged into the results"},
+    },
+    3: {"robust_acc_pgd_eps0.03": 44.5},
+}
+ROBUST = ["robust_acc_fgsm_eps0.03", "robust_acc_pgd_eps0.03", "robust_acc_pgd_eps0.1"]  # attack, then ε
+MEASURED = ["firing_rate", "synops", "energy_uj", "energy_ratio", *ROBUST]
+
+
+def measured(n: int) -> dict:
+    """The figures job n's training run measured beyond top-1 (as summary.json holds them)."""
+    return {
+        "firing_rate": 0.05 + 0.01 * n,
+        "synops": 1.0e6 + 0.25e6 * n,
+        "macs": 3.0e4,
+        "energy_uj": 0.2 + 0.03 * n,
+        "energy_ratio": 10.0 + n,
+        "measures": {"activity": {"regime": f"{REGIME}; energy_simple_uj: spikingjelly (…)"}},
+    }
+
+
+def quoted(n: int, key: str) -> float | None:
+    """Job n's figure as the report should quote it: evaluation.json over summary.json."""
+    return EVALUATIONS.get(n, {}).get(key, (summary(n) | measured(n)).get(key))
+
+
+def make_sweep(
+    folder: Path, unfinished: set[int] = frozenset({UNFINISHED}), with_measures: bool = False
+) -> Path:
+    """A Hydra multirun folder as ``python -m seal_exp.train -m …`` leaves it (the files the report reads);
+    ``with_measures``: the summaries carry ``measured`` figures and jobs 2 and 3 an evaluation.json."""
     for n in range(len(GRID)):
         hydra = folder / str(n) / ".hydra"
         hydra.mkdir(parents=True)
@@ -72,7 +110,10 @@ def make_sweep(folder: Path, unfinished: set[int] = frozenset({UNFINISHED})) -> 
         (hydra / "config.yaml").write_text("seed: 0\n")
         (hydra / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      distiller: seal\n")
         if n not in unfinished:
-            (folder / str(n) / "summary.json").write_text(json.dumps(summary(n)))
+            figures = summary(n) | (measured(n) if with_measures else {})
+            (folder / str(n) / "summary.json").write_text(json.dumps(figures))
+            if with_measures and n in EVALUATIONS:
+                (folder / str(n) / "evaluation.json").write_text(json.dumps(EVALUATIONS[n]))
     return folder
 
 
@@ -92,6 +133,28 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, MlflowClient, 
 
 def report_artifacts(client: MlflowClient, run_id: str) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id, "report")}
+
+
+def markdown_rows(text: str, heading: str) -> list[dict[str, str]]:
+    """The first pipe table after ``heading``, one {header: cell} per row."""
+    lines = text[text.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    header, _, *body = table
+    return [dict(zip(header, cells, strict=True)) for cells in body]
+
+
+def mean_pm_sd(values: list[float], digits: int, scale: float = 1.0, suffix: str = "") -> str:
+    values = [v / scale for v in values]
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{mean:.{digits}f}{spread}{suffix}"
 
 
 def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per_T(tmp_path, store, capsys):
@@ -159,6 +222,10 @@ def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per
     assert width >= 1000 and (sweep / "report_heatmap.pdf").read_bytes().startswith(b"%PDF")  # 200 dpi
     assert "![mean test accuracy](report_heatmap.png)" in text
 
+    # no job measured anything beyond top-1: no measured column (the CSV header above), no energy figure
+    assert result.energy is None and "Accuracy against energy" not in text and "energy (µJ)" not in text
+    assert not list(sweep.glob("report_energy.*"))
+
     assert result.attached_to == parent
     assert report_artifacts(client, parent) == {
         "report/report.md",
@@ -192,6 +259,114 @@ def test_the_heatmap_leaves_combinations_without_a_finished_job_blank(tmp_path):
     other = write_report(read_sweep_dir(sweep), tmp_path / "out", heatmap=("neuron.T", "distiller.alpha"))
     assert [p.title for p in other.panels] == ["β=0.1", "β=0.2"]
     assert other.panels[0].x_values == list(TS) and other.panels[0].y_values == list(ALPHAS)
+
+
+def test_measured_figures_add_columns_seed_means_and_an_accuracy_against_energy_plot(tmp_path):
+    sweep = make_sweep(tmp_path / "multirun" / "2026-11-22" / "09-30-00", with_measures=True)
+    result = write_report(read_sweep_dir(sweep), sweep)
+    done = [n for n in range(len(GRID)) if n != UNFINISHED]
+
+    # report.csv: the measured figures after the base metrics, raw, evaluation.json over summary.json
+    with (sweep / "report.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[-len(MEASURED) - 1 :] == [*MEASURED, "mlflow_run_id"]
+    assert "macs" not in rows[0]  # measured, but not a column the tables show
+    for n, r in enumerate(rows):
+        for key in MEASURED:
+            expected = None if n == UNFINISHED else quoted(n, key)
+            assert (r[key] == "") if expected is None else float(r[key]) == pytest.approx(expected)
+    assert float(rows[2]["energy_uj"]) == 0.111 and float(rows[2]["synops"]) == 1.5e6
+
+    # the job table: readable headers, each figure in its unit
+    text = (sweep / "report.md").read_text()
+    jobs = markdown_rows(text, "## All jobs")
+    titles = ["firing rate", "SynOps (M)", "energy (µJ)", "energy ratio (ANN/SNN)"]
+    robust_titles = ["FGSM ε=0.03", "PGD ε=0.03", "PGD ε=0.1"]
+    assert list(jobs[0])[-7:] == [*titles, *robust_titles]
+    for n in done:
+        row = jobs[n]
+        assert row["firing rate"] == f"{0.05 + 0.01 * n:.3f}"
+        assert row["SynOps (M)"] == f"{(1.0e6 + 0.25e6 * n) / 1e6:.2f}"
+        assert row["energy (µJ)"] == (f"{0.2 + 0.03 * n:.3f}" if n != 2 else "0.111")  # the evaluation's
+        assert row["energy ratio (ANN/SNN)"] == f"{10.0 + n:.1f}×"
+    assert [jobs[2][t] for t in robust_titles] == ["55.00", "41.50", "12.00"]
+    assert [jobs[3][t] for t in robust_titles] == ["–", "44.50", "–"]
+    assert all(jobs[UNFINISHED][t] == "–" for t in titles)
+
+    # mean ± sample sd over the finished seeds of each (α, β, T)
+    groups = markdown_rows(text, "## Mean ± sample sd over seeds")
+    assert len(groups) == 8
+    for group, (a, b, t) in zip(groups, itertools.product(ALPHAS, BETAS, TS), strict=True):
+        seeds = finished(a, b, t)
+        assert (group["distiller.alpha"], group["distiller.beta"], group["neuron.T"]) == (a, b, t)
+        energies = [0.111 if n == 2 else 0.2 + 0.03 * n for n in seeds]
+        assert group["energy (µJ)"] == mean_pm_sd(energies, 3)
+        assert group["SynOps (M)"] == mean_pm_sd([1.0e6 + 0.25e6 * n for n in seeds], 2, scale=1e6)
+        assert group["energy ratio (ANN/SNN)"] == mean_pm_sd([10.0 + n for n in seeds], 1, suffix="×")
+        pgd = [EVALUATIONS[n]["robust_acc_pgd_eps0.03"] for n in seeds if n in EVALUATIONS]
+        assert group["PGD ε=0.03"] == mean_pm_sd(pgd, 2)
+    assert (
+        groups[1]["PGD ε=0.03"]
+        == f"{statistics.fmean([41.5, 44.5]):.2f} ± {statistics.stdev([41.5, 44.5]):.2f}"
+    )
+    assert groups[1]["FGSM ε=0.03"] == "55.00" and groups[0]["PGD ε=0.03"] == "–"
+
+    # accuracy against energy: one marker per finished job, one colour per (α, β, T), a mean per colour
+    drawn = result.energy
+    assert drawn is not None and drawn.title == "test accuracy against energy — 2026-11-22/09-30-00"
+    assert drawn.x_limits[0] == 0 and drawn.x_limits[1] >= 0.2 + 0.03 * 15
+    assert drawn.y_limits == (0, 100) and drawn.y_label == "test accuracy (%)"
+    assert drawn.x_label == "energy per test sample (µJ)"
+    labels = [f"α={a}, β={b}, T={t}" for a, b, t in itertools.product(ALPHAS, BETAS, TS)]
+    assert list(drawn.jobs) == labels and list(drawn.means) == labels
+    assert sum(len(points) for points in drawn.jobs.values()) == len(done)
+    for label, (a, b, t) in zip(labels, itertools.product(ALPHAS, BETAS, TS), strict=True):
+        points = [(quoted(n, "energy_uj"), ACC[n]) for n in finished(a, b, t)]
+        assert [pytest.approx(p) for p in drawn.jobs[label]] == points
+        mean = (statistics.fmean(e for e, _ in points), statistics.fmean(acc for _, acc in points))
+        assert drawn.means[label] == pytest.approx(mean)
+    assert (sweep / "report_energy.png").is_file()
+    assert (sweep / "report_energy.pdf").read_bytes().startswith(b"%PDF")
+    assert [p.name for p in result.files][-2:] == ["report_energy.png", "report_energy.pdf"]
+    assert "## Accuracy against energy" in text and "![accuracy against energy](report_energy.png)" in text
+    assert f"against energy per test sample (µJ; {REGIME}), one marker per finished job" in text
+
+    # the same sweep without its evaluations' attacks: no robust column at all
+    for n in EVALUATIONS:
+        (sweep / str(n) / "evaluation.json").unlink()
+    again = write_report(read_sweep_dir(sweep), tmp_path / "again")
+    assert again.metrics[-4:] == ["firing_rate", "synops", "energy_uj", "energy_ratio"]
+    assert "PGD" not in again.markdown
+
+
+def test_a_parent_mlflow_run_reads_each_jobs_evaluation_json_too(tmp_path, store):
+    uri, client, experiment = store
+    parent = client.create_run(experiment, run_name="sweep c", tags={"sweep.parent": "true"}).info.run_id
+    for n in (2, 3, 4):  # job 2 was evaluated again later (evaluation.json at the run's root)
+        tags = {
+            "mlflow.parentRunId": parent,
+            "hydra.job.num": str(n),
+            "hydra.overrides": " ".join(overrides(n)),
+        }
+        child = client.create_run(experiment, tags=tags).info.run_id
+        folder = tmp_path / "artifacts" / str(n)
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(summary(n) | measured(n)))
+        client.log_artifact(child, str(folder / "summary.json"))
+        if n == 2:
+            (folder / "evaluation.json").write_text(json.dumps(EVALUATIONS[2]))
+            client.log_artifact(child, str(folder / "evaluation.json"))
+        client.set_terminated(child, "FINISHED")
+
+    result = write_report(read_parent_run(parent, uri), tmp_path / "report")
+    jobs = {r["job"]: r for r in result.jobs}
+    assert jobs["2"]["energy_uj"] == 0.111 and jobs["2"]["robust_acc_pgd_eps0.03"] == 41.5
+    assert (
+        jobs["3"]["energy_uj"] == pytest.approx(0.2 + 0.03 * 3)
+        and jobs["3"]["robust_acc_pgd_eps0.03"] is None
+    )
+    assert result.metrics[len(METRICS) :] == MEASURED
+    assert report_artifacts(client, parent) >= {"report/report_energy.png", "report/report_energy.pdf"}
 
 
 def test_a_parent_mlflow_run_gives_the_same_tables_as_its_folder(tmp_path, store, capsys):
@@ -257,6 +432,8 @@ def test_fewer_than_two_numeric_swept_keys_means_no_heatmap_and_the_report_says_
         (tmp_path / str(n) / "summary.json").write_text(json.dumps({"test_acc": 90.0 + n, "seed": seed}))
     (tmp_path / "report_heatmap.png").write_bytes(b"from an earlier report")
     (tmp_path / "report_heatmap.pdf").write_bytes(b"from an earlier report")
+    (tmp_path / "report_energy.png").write_bytes(b"from an earlier report")
+    (tmp_path / "report_energy.pdf").write_bytes(b"from an earlier report")
     result = write_report(read_sweep_dir(tmp_path), tmp_path)
     assert result.heatmap is None and result.panels == []
     assert "No heatmap: fewer than two numeric swept keys besides the seed (swept: distiller, seed)." in (
@@ -265,6 +442,7 @@ def test_fewer_than_two_numeric_swept_keys_means_no_heatmap_and_the_report_says_
     assert "| kd | 2 | 0,1 | 90.50 ± 0.71 |" in result.markdown
     assert not (tmp_path / "report_heatmap.png").exists()  # a stale one would contradict the table
     assert not (tmp_path / "report_heatmap.pdf").exists()
+    assert not (tmp_path / "report_energy.png").exists() and not (tmp_path / "report_energy.pdf").exists()
 
 
 def test_bad_inputs_are_refused_with_what_to_pass_before_anything_is_written(tmp_path, store, capsys):

@@ -189,4 +189,5 @@ class CIFAR(DatasetSource):
             split_id=split_fingerprint(kept, held, test_idx),
             teacher_train=teacher_train,
             val_is_test=self.val_fraction == 0,
+            normalisation=(tuple(self.mean), tuple(self.std)),  # ToTensor: pixels in [0, 1]
         )

@@ -91,7 +91,7 @@ class EmbeddedImages(abc.ABC):
 
     @abc.abstractmethod
     def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """All images ``[N, H, W]`` (float) and labels ``[N]`` (int)."""
+        """All images ``[N, H, W]`` (float, pixels in [0, 1]) and labels ``[N]`` (int)."""
 
     def load(self) -> DataSplits:
         images, labels = self.read()
@@ -104,7 +104,10 @@ class EmbeddedImages(abc.ABC):
         # a few evaluation batches (debug=smoke, limit_eval_batches) still sees every class.
         mix = np.random.default_rng(self.split_seed)
         parts = [TensorDataset(x[i], y[i]) for i in (train, mix.permutation(val), mix.permutation(test))]
-        return DataSplits(*parts, split_id=split_fingerprint(train, val, test), in_memory=True)
+        pixels = ((float(mean),), (float(std),))  # read() gives pixels in [0, 1]
+        return DataSplits(
+            *parts, split_id=split_fingerprint(train, val, test), in_memory=True, normalisation=pixels
+        )
 
 
 class MNIST5k(EmbeddedImages):

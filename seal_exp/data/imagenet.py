@@ -195,4 +195,5 @@ class ImageNet(DatasetSource):
             split_id=split_id,
             teacher_train=teacher_train,
             val_is_test=self.val_fraction == 0,
+            normalisation=(tuple(self.mean), tuple(self.std)),  # ToTensor: pixels in [0, 1]
         )

@@ -24,7 +24,9 @@ class DataSplits:
     student's (CIFAR: crop + flip only); ``None`` means the same as ``train``. ``time_major`` marks
     event-frame samples ``[T, C, H, W]``, batched as ``[T, B, C, H, W]``. ``val_is_test`` is set when
     no validation part was held out (``dataset.val_fraction=0``, the papers' protocol): the test part
-    then also selects the model, and the summary says so.
+    then also selects the model, and the summary says so. ``normalisation`` is ``(mean, std)`` per
+    channel of images whose pixels lie in [0, 1] (``x = (pixels - mean) / std``), so that adversarial
+    budgets can be set in pixel units; ``None`` for event frames (counts of events, not pixels).
     """
 
     train: Dataset
@@ -35,6 +37,7 @@ class DataSplits:
     time_major: bool = False
     val_is_test: bool = False
     in_memory: bool = False
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 class TransformedSubset(Dataset):

@@ -1,5 +1,7 @@
 """A comparison of distillers: one row per distiller, mean ± sample sd over seeds of the test accuracy
-(selected on validation, last epoch, the papers' best over epochs), per-timestep accuracy and wall time.
+(selected on validation, last epoch, the papers' best over epochs), per-timestep accuracy and wall time,
+and the figures measured beyond top-1 where the runs have them (firing rate, SynOps, energy per sample,
+robust accuracy; a run's evaluation.json over its summary.json).
 
 Written into the sweep folder as comparison.md, comparison.csv and comparison.png / .pdf and attached to the
 sweep's parent MLflow run. ``python -m seal_exp.compare`` runs the sweep and calls ``report``.
@@ -17,8 +19,18 @@ from omegaconf import OmegaConf
 
 from seal_exp import figures
 from seal_exp.config import CONF_DIR
-from seal_exp.results.tables import markdown_table, metric_stats, num, pm, write_csv_table
-from seal_exp.run.files import read_summary
+from seal_exp.results.tables import (
+    column_title,
+    markdown_table,
+    measured_columns,
+    measured_note,
+    measured_stat,
+    metric_stats,
+    num,
+    pm,
+    write_csv_table,
+)
+from seal_exp.run.files import read_results
 from seal_exp.tracking import attach, parent_run
 
 
@@ -28,6 +40,7 @@ class ReportError(ValueError):
 
 ARTIFACTS = ("comparison.md", "comparison.csv", "comparison.png", "comparison.pdf")
 ACCURACIES = ("test_acc", "test_acc_last", "best_test_acc_over_epochs")
+COMPARED_MEASURES = ("firing_rate", "synops", "energy_uj")  # and every robust_acc_<attack>_eps<ε>
 
 
 def distiller_options() -> list[str]:
@@ -40,11 +53,12 @@ def _distiller_of(job: Path) -> str:
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished job of the sweep: its distiller option, seed and summary."""
+    """One row per finished job of the sweep: its distiller option, seed and results (summary.json with
+    evaluation.json over it)."""
     rows = []
     for summary_path in sorted(sweep_dir.glob("*/summary.json")):
         job = summary_path.parent
-        rows.append({"job": job.name, "distiller_option": _distiller_of(job), **read_summary(summary_path)})
+        rows.append({"job": job.name, "distiller_option": _distiller_of(job), **(read_results(job) or {})})
     return rows
 
 
@@ -59,7 +73,8 @@ def unfinished(sweep_dir: Path) -> dict[str, list[str]]:
 
 
 def aggregate(rows: Sequence[dict[str, Any]], order: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Per distiller: seeds, mean ± sd of each accuracy, per-timestep means, mean wall time."""
+    """Per distiller: seeds, mean ± sd of each accuracy, per-timestep means, mean wall time, and mean ± sd
+    of each measured figure some of its runs have (listed under ``measured``; absent ones are left out)."""
     names = list(order) if order else sorted({r["distiller_option"] for r in rows})
     table = []
     for name in names:
@@ -69,6 +84,9 @@ def aggregate(rows: Sequence[dict[str, Any]], order: Sequence[str] | None = None
         entry: dict[str, Any] = {"distiller": name, "seeds": [r["seed"] for r in runs], "n": len(runs)}
         for key, stats in metric_stats(runs, (*ACCURACIES, "student_wall_s")).items():
             entry[key], entry[f"{key}_sd"] = stats
+        entry["measured"] = measured_columns(runs, COMPARED_MEASURES)
+        for key, stats in metric_stats(runs, entry["measured"]).items():
+            entry[key], entry[f"{key}_sd"] = stats
         entry["per_seed_test_acc"] = [float(r["test_acc"]) for r in runs]
         per_t = [r["per_timestep_test_acc"] for r in runs]
         entry["per_timestep_test_acc"] = [statistics.fmean(col) for col in zip(*per_t, strict=True)]
@@ -76,6 +94,11 @@ def aggregate(rows: Sequence[dict[str, Any]], order: Sequence[str] | None = None
         entry["teacher_test_acc"] = statistics.fmean(teachers) if teachers else None
         table.append(entry)
     return table
+
+
+def measured_in(table: Sequence[dict[str, Any]]) -> list[str]:
+    """The measured columns of the table: those at least one distiller has, in the tables' order."""
+    return measured_columns(({k: e[k] for k in e.get("measured", ())} for e in table), COMPARED_MEASURES)
 
 
 def markdown(table: Sequence[dict[str, Any]], context: str) -> str:
@@ -90,6 +113,8 @@ def markdown(table: Sequence[dict[str, Any]], context: str) -> str:
         "teacher",
         "student s",
     ]
+    measured = measured_in(table)
+    header += [column_title(k) for k in measured]
     rows = [
         [
             e["distiller"],
@@ -98,6 +123,7 @@ def markdown(table: Sequence[dict[str, Any]], context: str) -> str:
             " / ".join(f"{a:.1f}" for a in e["per_timestep_test_acc"]),
             num(e["teacher_test_acc"]),
             num(None if math.isnan(e["student_wall_s"]) else e["student_wall_s"], 0),
+            *(measured_stat(k, e[k], e[f"{k}_sd"]) if k in e["measured"] else "–" for k in measured),
         ]
         for e in table
     ]
@@ -106,7 +132,8 @@ def markdown(table: Sequence[dict[str, Any]], context: str) -> str:
         "",
         "`test acc (selected on val)`: the epoch with the best validation accuracy (the platform's figure); "
         "`best test over epochs`: the papers' optimistic selection, for comparison with published tables; "
-        "`student s`: the student's training and testing time per run (the shared teacher's is left out).",
+        "`student s`: the student's training and testing time per run (the shared teacher's is left out)."
+        + (f" {measured_note(measured)}" if measured else ""),
     ]
     return "\n".join(lines) + "\n"
 
@@ -128,6 +155,8 @@ def write_csv(path: Path, table: Sequence[dict[str, Any]]) -> None:
         "teacher_test_acc",
         "student_wall_s_mean",
     ]
+    measured = measured_in(table)
+    header += [f"{k}_{stat}" for k in measured for stat in ("mean", "sd")]
     rows = [
         [
             e["distiller"],
@@ -143,6 +172,7 @@ def write_csv(path: Path, table: Sequence[dict[str, Any]]) -> None:
             " ".join(f"{a:.4g}" for a in e["per_seed_test_acc"]),
             e["teacher_test_acc"],
             e["student_wall_s"],
+            *(e.get(k if stat == "mean" else f"{k}_sd") for k in measured for stat in ("mean", "sd")),
         ]
         for e in table
     ]

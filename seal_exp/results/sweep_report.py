@@ -1,6 +1,9 @@
-"""A sweep's report: every job with its swept keys and results, the mean ± sd over seeds of each
-combination, and heatmaps of the mean test accuracy (report.md, report.csv, report_heatmap.png / .pdf),
-attached to the sweep's parent MLflow run.
+"""A sweep's report: every job with its swept keys and results (with the figures measured beyond top-1
+when any job has them: firing rate, SynOps, energy, robust accuracy), the mean ± sd over seeds of each
+combination, heatmaps of the mean test accuracy and accuracy against energy (report.md, report.csv,
+report_heatmap.png / .pdf, report_energy.png / .pdf), attached to the sweep's parent MLflow run.
+
+A job's results are its summary.json with its evaluation.json (``python -m seal_exp.evaluate``) over it.
 
 The sweep is read from its Hydra multirun folder or from its parent MLflow run, so a report can be made
 on a machine that never saw the sweep's folder. ``python -m seal_exp.report`` is the command line.
@@ -23,11 +26,22 @@ from omegaconf import DictConfig
 
 from seal_exp import figures
 from seal_exp.notation import display_key
-from seal_exp.results.tables import markdown_table, metric_stats, num, pm, write_csv_table
-from seal_exp.run.files import read_summary
+from seal_exp.results.tables import (
+    column_title,
+    markdown_table,
+    measured_cell,
+    measured_columns,
+    measured_note,
+    measured_stat,
+    metric_stats,
+    num,
+    pm,
+    write_csv_table,
+)
+from seal_exp.run.files import EVALUATION, read_results, read_summary, with_evaluation
 from seal_exp.tracking import all_pages, attach, download_summary, parent_run
 
-METRICS = (
+METRICS = (  # every report has these; the measured figures follow when a job has them (measured_columns)
     "test_acc",
     "test_acc_last",
     "best_test_acc_over_epochs",
@@ -43,6 +57,8 @@ REPORT_FILES = {
     "csv": "report.csv",
     "png": "report_heatmap.png",
     "pdf": "report_heatmap.pdf",
+    "energy_png": "report_energy.png",
+    "energy_pdf": "report_energy.pdf",
 }
 HOW_TO_CALL = (
     "pass a Hydra multirun folder (e.g. multirun/<date>/<time>, whose job folders hold .hydra/) "
@@ -56,7 +72,8 @@ class ReportError(Exception):
 
 @dataclass
 class Job:
-    """One job of a sweep: its overrides (key → value as typed) and, if it finished, its summary."""
+    """One job of a sweep: its overrides (key → value as typed) and, if it finished, its results (summary
+    with its evaluation over it)."""
 
     name: str
     overrides: dict[str, str]
@@ -107,6 +124,19 @@ class HeatmapPanel:
 
 
 @dataclass
+class EnergyPlot:
+    """The accuracy-against-energy figure as drawn, read back from its axes."""
+
+    title: str
+    x_label: str
+    y_label: str
+    x_limits: tuple[float, float]
+    y_limits: tuple[float, float]
+    jobs: dict[str, list[tuple[float, float]]]  # legend label → (energy, accuracy) of each finished job
+    means: dict[str, tuple[float, float]]  # legend label → (mean energy, mean accuracy) over its jobs
+
+
+@dataclass
 class SweepReport:
     """What ``write_report`` produced."""
 
@@ -118,6 +148,8 @@ class SweepReport:
     heatmap: tuple[str, str] | None
     panels: list[HeatmapPanel] = field(default_factory=list)
     attached_to: str | None = None
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))  # the tables' metric columns
+    energy: EnergyPlot | None = None
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
@@ -131,7 +163,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
 
 
 def read_sweep_dir(sweep_dir: Path) -> Sweep:
-    """A Hydra multirun folder: every ``<job>/.hydra/overrides.yaml``, with ``summary.json`` when finished."""
+    """A Hydra multirun folder: every ``<job>/.hydra/overrides.yaml``, with ``summary.json`` (and
+    ``evaluation.json`` over it) when finished."""
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a folder: {HOW_TO_CALL}")
     job_dirs = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
@@ -142,15 +175,15 @@ def read_sweep_dir(sweep_dir: Path) -> Sweep:
     jobs = []
     for job in sorted(job_dirs, key=lambda p: _natural(p.name)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        summary_path = job / "summary.json"
-        summary = read_summary(summary_path) if summary_path.is_file() else None
+        summary = read_results(job)
         run_id = summary.get("mlflow_run_id") if summary else None
         jobs.append(Job(job.name, parse_overrides(overrides), summary, run_id))
     return Sweep(str(sweep_dir), jobs, sweep_dir, parent_run(sweep_dir))
 
 
 def read_parent_run(run_id: str, uri: str) -> Sweep:
-    """A sweep from its parent MLflow run: the children's ``hydra.overrides`` tags and summary.json."""
+    """A sweep from its parent MLflow run: the children's ``hydra.overrides`` tags and summary.json, with
+    evaluation.json over it where a run has one."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -182,6 +215,8 @@ def read_parent_run(run_id: str, uri: str) -> Sweep:
             tags = child.data.tags
             overrides = tags.get("hydra.overrides", "")
             summary = download_summary(client, child.info.run_id, Path(tmp))
+            if summary is not None:
+                summary = with_evaluation(summary, download_evaluation(client, child.info.run_id, Path(tmp)))
             job = Job(
                 tags.get("hydra.job.num", child.info.run_id[:8]),
                 parse_overrides([] if overrides in ("", "(none)") else overrides.split()),
@@ -196,6 +231,15 @@ def read_parent_run(run_id: str, uri: str) -> Sweep:
     folder = Path(parent.data.tags.get("sweep.dir", ""))
     folder_ok = parent.data.tags.get("sweep.dir") and folder.is_dir()
     return Sweep(f"MLflow run {run_id} ({uri})", jobs, folder if folder_ok else None, (run_id, uri))
+
+
+def download_evaluation(client: Any, run_id: str, tmp: Path) -> dict[str, Any] | None:
+    """The ``evaluation.json`` a later ``python -m seal_exp.evaluate`` tracked with a run (into ``tmp``), or
+    None: the run was never evaluated again."""
+    try:
+        return read_summary(Path(client.download_artifacts(run_id, EVALUATION, str(tmp / run_id))))
+    except Exception:
+        return None
 
 
 def _natural(name: str) -> tuple[int, int | str]:
@@ -225,19 +269,28 @@ def swept_keys(jobs: Sequence[Job]) -> list[str]:
     return [k for k in swept if k != SEED] + [k for k in swept if k == SEED]
 
 
-def job_rows(jobs: Sequence[Job], keys: Sequence[str]) -> list[dict[str, Any]]:
+def sweep_metrics(jobs: Sequence[Job]) -> list[str]:
+    """The tables' metric columns: ``METRICS``, then the measured figures some finished job has."""
+    return [*METRICS, *measured_columns(j.summary for j in jobs if j.summary is not None)]
+
+
+def job_rows(
+    jobs: Sequence[Job], keys: Sequence[str], metrics: Sequence[str] = METRICS
+) -> list[dict[str, Any]]:
     """One row per job: its swept values, status and metrics (None where unknown)."""
     rows = []
     for job in jobs:
         summary = job.summary or {}
         row: dict[str, Any] = {"job": job.name, **{k: job.value(k) for k in keys}, "status": job.status}
-        row |= {m: summary.get(m) for m in METRICS}
+        row |= {m: summary.get(m) for m in metrics}
         row["mlflow_run_id"] = job.run_id
         rows.append(row)
     return rows
 
 
-def seed_groups(jobs: Sequence[Job], keys: Sequence[str]) -> list[dict[str, Any]]:
+def seed_groups(
+    jobs: Sequence[Job], keys: Sequence[str], metrics: Sequence[str] = METRICS
+) -> list[dict[str, Any]]:
     """Per combination of the swept keys other than the seed: finished seeds, mean ± sd of each metric."""
     others = [k for k in keys if k != SEED]
     combos: dict[tuple[str | None, ...], list[Job]] = {}
@@ -253,7 +306,7 @@ def seed_groups(jobs: Sequence[Job], keys: Sequence[str]) -> list[dict[str, Any]
             "seeds": [j.seed() for j in done],
             "unfinished": len(combos[combo]) - len(done),
         }
-        entry["stats"] = metric_stats([j.summary or {} for j in done], METRICS)
+        entry["stats"] = metric_stats([j.summary or {} for j in done], metrics)
         groups.append(entry)
     return groups
 
@@ -386,12 +439,130 @@ def _read_panel(ax: Any) -> HeatmapPanel:
     return HeatmapPanel(ax.get_title(), xs, ys, cells, ax.get_xlabel(), ax.get_ylabel())
 
 
+def energy_points(
+    jobs: Sequence[Job], keys: Sequence[str]
+) -> dict[tuple[str | None, ...], list[tuple[float, float]]]:
+    """(energy per sample, test accuracy) of each finished job that has both, per combination of the
+    swept keys other than the seed, in the tables' order; empty when no job measured its energy."""
+    others = [k for k in keys if k != SEED]
+    points: dict[tuple[str | None, ...], list[tuple[float, float]]] = {}
+    for job in jobs:
+        summary = job.summary or {}
+        if summary.get("energy_uj") is None or summary.get("test_acc") is None:
+            continue
+        if not math.isfinite(float(summary["energy_uj"])):  # a failed count: no place on an energy axis
+            continue
+        combo = tuple(job.value(k) for k in others)
+        points.setdefault(combo, []).append((float(summary["energy_uj"]), float(summary["test_acc"])))
+    return {c: points[c] for c in sorted(points, key=lambda c: [_order(v) for v in c])}
+
+
+def _combination(keys: Sequence[str], combo: tuple[str | None, ...]) -> str:
+    """A combination in the papers' notation (``α=0.3, β=0.1``), for the energy figure's legend."""
+    return ", ".join(f"{display_key(k)}={_label(v)}" for k, v in zip(keys, combo, strict=True)) or "all jobs"
+
+
+def plot_energy(path: Path, jobs: Sequence[Job], keys: Sequence[str], title: str) -> EnergyPlot | None:
+    """Test accuracy against energy per sample: a marker per finished job and a larger outlined one at
+    each combination's mean, one colour per combination, so the cost of accuracy shows across the sweep.
+    None (nothing drawn) when no job measured its energy."""
+    points = energy_points(jobs, keys)
+    if not points:
+        return None
+    others = [k for k in keys if k != SEED]
+    with figures.style() as plt:
+        fig, ax = plt.subplots(figsize=(5.0, 3.8))
+        colours = plt.get_cmap("tab10" if len(points) <= 10 else "tab20").colors
+        for i, (combo, pairs) in enumerate(points.items()):
+            colour = colours[i % len(colours)]
+            energies, accuracies = zip(*pairs, strict=True)
+            ax.scatter(  # unclipped: a job near 100 % shows whole
+                energies,
+                accuracies,
+                s=16,
+                color=colour,
+                alpha=0.8,
+                label=_combination(others, combo),
+                clip_on=False,
+                gid="jobs",
+            )
+            ax.scatter(
+                [statistics.fmean(energies)],
+                [statistics.fmean(accuracies)],
+                s=80,
+                color=colour,
+                edgecolors="black",
+                linewidths=1.0,
+                zorder=3,
+                clip_on=False,
+                gid="mean",
+            )
+        ax.scatter([], [], s=80, facecolors="none", edgecolors="black", label="mean over seeds")
+        highest = max(e for pairs in points.values() for e, _ in pairs)
+        ax.set_xlim(0, 1.1 * highest if highest > 0 else 1.0)
+        ax.set_xlabel("energy per test sample (µJ)")
+        figures.accuracy_axis(ax)
+        ax.set_title(title)
+        figures.legend_below(ax, ncol=2 if len(points) < 6 else 3)
+        drawn = _read_energy(ax)
+        figures.save(fig, path)
+    return drawn
+
+
+def _read_energy(ax: Any) -> EnergyPlot:
+    """What the energy figure shows, read from the drawn axes (each mean follows its jobs' markers)."""
+    jobs: dict[str, list[tuple[float, float]]] = {}
+    means: dict[str, tuple[float, float]] = {}
+    label = ""
+    for collection in ax.collections:
+        drawn = [(float(x), float(y)) for x, y in collection.get_offsets()]
+        if collection.get_gid() == "jobs":
+            label = collection.get_label()
+            jobs[label] = drawn
+        elif collection.get_gid() == "mean":
+            means[label] = drawn[0]
+    return EnergyPlot(
+        ax.get_title(),
+        ax.get_xlabel(),
+        ax.get_ylabel(),
+        tuple(map(float, ax.get_xlim())),
+        tuple(map(float, ax.get_ylim())),
+        jobs,
+        means,
+    )
+
+
+def energy_regimes(jobs: Sequence[Job]) -> list[str]:
+    """How the energies were counted (the headline regime of each distinct measurement), for the report."""
+    regimes: list[str] = []
+    for job in jobs:
+        activity = ((job.summary or {}).get("measures") or {}).get("activity") or {}
+        regime = str(activity.get("regime") or "").split("; energy_simple_uj")[0].strip()
+        if regime and regime not in regimes:
+            regimes.append(regime)
+    return regimes
+
+
 def _label(value: str | None) -> str:
     return "–" if value is None else value
 
 
 def _stat(stats: tuple[float, float], digits: int = 2) -> str:
     return "–" if math.isnan(stats[0]) else pm(*stats, digits)
+
+
+def _cell(metric: str, value: Any) -> str:
+    """A job's metric for the Markdown table: accuracies 2 decimals, wall times 1, measured figures in
+    the unit their header names."""
+    if metric not in METRICS:
+        return measured_cell(metric, value)
+    return num(value, 1 if metric.endswith("wall_s") else 2)
+
+
+def _stat_cell(metric: str, stats: tuple[float, float]) -> str:
+    if metric not in METRICS:
+        return measured_stat(metric, *stats)
+    return _stat(stats, 1 if metric.endswith("wall_s") else 2)
 
 
 def sweep_markdown(
@@ -401,8 +572,11 @@ def sweep_markdown(
     groups: Sequence[dict[str, Any]],
     heatmap: tuple[str, str] | None,
     no_heatmap: str,
+    metrics: Sequence[str] = METRICS,
+    energy: bool = False,
 ) -> str:
-    """The report in Markdown: context, all jobs, mean ± sd over seeds, the heatmap, what did not finish."""
+    """The report in Markdown: context, all jobs, mean ± sd over seeds, the heatmap, accuracy against
+    energy (``energy``: when it was drawn), what did not finish."""
     done = [j for j in sweep.jobs if j.summary is not None]
     facts = []
     for key, label in (("dataset", "dataset"), ("epochs", "epochs"), ("T", "T")):
@@ -420,28 +594,30 @@ def sweep_markdown(
         "## All jobs",
         "",
     ]
-    header = ["job", *keys, "status", *METRICS]
+    titles = [m if m in METRICS else column_title(m) for m in metrics]
+    header = ["job", *keys, "status", *titles]
     lines += markdown_table(
         header,
         (
-            [r["job"], *(_label(r[k]) for k in keys), r["status"]]
-            + [num(r[m], 1 if m.endswith("wall_s") else 2) for m in METRICS]
+            [r["job"], *(_label(r[k]) for k in keys), r["status"]] + [_cell(m, r[m]) for m in metrics]
             for r in rows
         ),
     )
     others = [k for k in keys if k != SEED]
     lines += ["", "## Mean ± sample sd over seeds", ""]
     lines += markdown_table(
-        [*others, "n", "seeds", *METRICS],
+        [*others, "n", "seeds", *titles],
         (
             [*(_label(g[k]) for k in others), str(g["n"]), ",".join(s or "–" for s in g["seeds"]) or "–"]
-            + [_stat(g["stats"][m], 1 if m.endswith("wall_s") else 2) for m in METRICS]
+            + [_stat_cell(m, g["stats"][m]) for m in metrics]
             for g in groups
         ),
     )
+    units = measured_note([m for m in metrics if m not in METRICS])
     lines += [
         "",
-        "`n`: finished seeds of the combination (the sd is the sample sd, n − 1).",
+        "`n`: finished seeds of the combination (the sd is the sample sd, n − 1)."
+        + (f" {units}" if units else ""),
         "",
         "## Heatmap",
         "",
@@ -456,6 +632,18 @@ def sweep_markdown(
             "",
             f"![mean test accuracy]({REPORT_FILES['png']})",
         ]
+    if energy:
+        regimes = energy_regimes(done)
+        how = f"; {' / '.join(regimes)}" if regimes else ""
+        lines += [
+            "",
+            "## Accuracy against energy",
+            "",
+            f"Test accuracy (%) against energy per test sample (µJ{how}), one marker per finished job and a "
+            "larger outlined one at each combination's mean over seeds.",
+            "",
+            f"![accuracy against energy]({REPORT_FILES['energy_png']})",
+        ]
     missing = [j for j in sweep.jobs if j.summary is None]
     if missing:
         lines += [
@@ -467,9 +655,11 @@ def sweep_markdown(
     return "\n".join(lines) + "\n"
 
 
-def write_jobs_csv(path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
+def write_jobs_csv(
+    path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str], metrics: Sequence[str] = METRICS
+) -> None:
     """Every job with its raw numbers (empty where unknown), for plotting elsewhere."""
-    columns = ["job", *keys, "status", *METRICS, "mlflow_run_id"]
+    columns = ["job", *keys, "status", *metrics, "mlflow_run_id"]
     write_csv_table(path, columns, [["" if r.get(c) is None else r[c] for c in columns] for r in rows])
 
 
@@ -477,12 +667,14 @@ def write_report(sweep: Sweep, out_dir: Path, heatmap: tuple[str, str] | None = 
     """Tabulate the sweep into ``out_dir`` and attach the files to its parent MLflow run, if one is known."""
     keys = swept_keys(sweep.jobs)
     pair, no_heatmap = choose_heatmap(sweep.jobs, keys, heatmap)  # may refuse: before anything is written
-    rows, groups = job_rows(sweep.jobs, keys), seed_groups(sweep.jobs, keys)
+    metrics = sweep_metrics(sweep.jobs)
+    rows, groups = job_rows(sweep.jobs, keys, metrics), seed_groups(sweep.jobs, keys, metrics)
+    has_energy = bool(energy_points(sweep.jobs, keys))
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = sweep_markdown(sweep, keys, rows, groups, pair, no_heatmap)
+    text = sweep_markdown(sweep, keys, rows, groups, pair, no_heatmap, metrics, has_energy)
     files = [out_dir / REPORT_FILES["md"], out_dir / REPORT_FILES["csv"]]
     files[0].write_text(text)
-    write_jobs_csv(files[1], rows, keys)
+    write_jobs_csv(files[1], rows, keys, metrics)
     panels: list[HeatmapPanel] = []
     heatmaps = [out_dir / REPORT_FILES["png"], out_dir / REPORT_FILES["pdf"]]
     if pair is not None:
@@ -493,10 +685,20 @@ def write_report(sweep: Sweep, out_dir: Path, heatmap: tuple[str, str] | None = 
     else:
         for stale in heatmaps:  # from an earlier report of this sweep; it no longer matches the table
             stale.unlink(missing_ok=True)
+    energy = None
+    energy_files = [out_dir / REPORT_FILES["energy_png"], out_dir / REPORT_FILES["energy_pdf"]]
+    if has_energy:
+        energy = plot_energy(
+            energy_files[0], sweep.jobs, keys, title=f"test accuracy against energy — {sweep.label}"
+        )
+        files += energy_files
+    else:
+        for stale in energy_files:  # no job measured its energy (any more): the figure would mislead
+            stale.unlink(missing_ok=True)
     attached = None
     if sweep.parent is not None and attach(*sweep.parent, files, "report", "the sweep report"):
         attached = sweep.parent[0]
-    return SweepReport(text, keys, rows, groups, files, pair, panels, attached)
+    return SweepReport(text, keys, rows, groups, files, pair, panels, attached, metrics, energy)
 
 
 END_COLUMNS = ("test_acc", "best_val_acc", "student_wall_s")

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from seal_exp.run.files import ROBUST_PREFIX
+
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample (n − 1) standard deviation; NaN sd for one value, so no spread is claimed."""
@@ -48,3 +50,90 @@ def write_csv_table(path: Path, header: Sequence[str], rows: Iterable[Sequence[A
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+# Figures measured beyond top-1 that tables show when a run has them, in this order, then every
+# robust_acc_<attack>_eps<ε> (by attack, then ε).
+MEASURED_COLUMNS = ("firing_rate", "synops", "energy_uj", "energy_ratio")
+_TITLES = {
+    "firing_rate": "firing rate",
+    "synops": "SynOps (M)",
+    "energy_uj": "energy (µJ)",
+    "energy_ratio": "energy ratio (ANN/SNN)",
+}
+_FORMATS = {  # key → (divisor, decimals, suffix): what a Markdown cell shows; CSV keeps the raw number
+    "firing_rate": (1.0, 3, ""),
+    "synops": (1e6, 2, ""),
+    "energy_uj": (1.0, 3, ""),
+    "energy_ratio": (1.0, 1, "×"),
+}
+
+
+def robust_parts(key: str) -> tuple[str, float] | None:
+    """``robust_acc_pgd_eps0.03`` → ("pgd", 0.03); None for any other key (so a ``…_sd`` never counts)."""
+    if not key.startswith(ROBUST_PREFIX):
+        return None
+    attack, sep, eps = key[len(ROBUST_PREFIX) :].rpartition("_eps")
+    try:
+        budget = float(eps)
+    except ValueError:
+        return None
+    return (attack, budget) if sep and attack and math.isfinite(budget) else None
+
+
+def measured_columns(results: Iterable[dict[str, Any]], fixed: Sequence[str] = MEASURED_COLUMNS) -> list[str]:
+    """The measured figures that at least one run has a number for: the ``fixed`` ones in their order, then
+    the robust accuracies by attack and ε, so a table of older runs gains no empty columns."""
+    present: set[str] = set()
+    for result in results:
+        present |= {
+            key
+            for key, value in result.items()
+            if isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (key in fixed or robust_parts(key) is not None)
+        }
+    robust = sorted((k for k in present if k not in fixed), key=lambda k: robust_parts(k) or ("", 0.0))
+    return [k for k in fixed if k in present] + robust
+
+
+def column_title(key: str) -> str:
+    """A measured figure's Markdown header: ``SynOps (M)``, ``PGD ε=0.03``; other keys as they are."""
+    if robust_parts(key) is not None:
+        attack, _, eps = key[len(ROBUST_PREFIX) :].rpartition("_eps")
+        return f"{attack.upper()} ε={eps}"
+    return _TITLES.get(key, key)
+
+
+def _format_of(key: str) -> tuple[float, int, str]:
+    return _FORMATS.get(key, (1.0, 2, ""))  # robust accuracies: percent, like every accuracy
+
+
+def measured_cell(key: str, value: Any) -> str:
+    """One run's measured figure for a Markdown cell, in the unit its ``column_title`` names."""
+    if value is None:
+        return "–"
+    divisor, digits, suffix = _format_of(key)
+    return f"{float(value) / divisor:.{digits}f}{suffix}"
+
+
+def measured_stat(key: str, mean: float, sd: float) -> str:
+    """A measured figure's mean ± sd over runs, in the unit its ``column_title`` names; "–" if none has it."""
+    if math.isnan(mean):
+        return "–"
+    divisor, digits, suffix = _format_of(key)
+    return pm(mean / divisor, sd / divisor, digits) + suffix
+
+
+def measured_note(columns: Sequence[str]) -> str:
+    """The units of the measured columns a table shows, in one sentence ("" when it shows none)."""
+    parts = {
+        "firing_rate": "`firing rate`: spikes per neuron per timestep",
+        "synops": "`SynOps (M)`: millions of synaptic operations per test sample",
+        "energy_uj": "`energy (µJ)`: per test sample",
+        "energy_ratio": "`energy ratio`: the ANN teacher's energy / the student's",
+    }
+    said = [parts[k] for k in columns if k in parts]
+    if any(robust_parts(k) is not None for k in columns):
+        said.append("`<attack> ε=…`: test accuracy (%) under that L∞ attack of budget ε")
+    return "; ".join(said) + "." if said else ""

@@ -27,6 +27,44 @@ def read_summary(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+EVALUATION = "evaluation.json"  # written by ``python -m seal_exp.evaluate`` beside summary.json
+
+
+def with_evaluation(summary: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's results: its summary, with the figures of a later evaluation (``evaluation.json``) over
+    those measured after training, so tables quote the latest measurement."""
+    if not evaluation:
+        return summary
+    keys = [k for k in evaluation if k in MEASURED or k.startswith(ROBUST_PREFIX)]
+    return summary | {k: evaluation[k] for k in keys}
+
+
+# The flat figures a measurement adds to summary.json / evaluation.json (seal_exp.measures.evaluation).
+MEASURED = (
+    "firing_rate",
+    "synops",
+    "macs",
+    "energy_uj",
+    "teacher_macs",
+    "teacher_energy_uj",
+    "energy_ratio",
+    "test_acc_at_timesteps",
+    "robust_attack",
+    "robust_acc",
+)
+ROBUST_PREFIX = "robust_acc_"  # robust_acc_<attack>_eps<ε>: one flat figure per attack and budget
+
+
+def read_results(job: Path) -> dict[str, Any] | None:
+    """``summary.json`` of a finished job folder with its ``evaluation.json`` over it; None: unfinished."""
+    if not (job / "summary.json").is_file():
+        return None
+    evaluation = job / EVALUATION
+    return with_evaluation(
+        read_summary(job / "summary.json"), read_summary(evaluation) if evaluation.is_file() else None
+    )
+
+
 def write_epochs_csv(path: Path, history: Sequence[dict[str, float]]) -> Path:
     """One row per epoch with every logged metric: the boring table next to the richer tracker."""
     columns: list[str] = []

@@ -27,6 +27,7 @@ EXCLUDED = (
     "hydra",
     "paths",
     "tracking",
+    "eval",
     "resume",
     "resume_across_code_change",
     "skip_finished",

@@ -215,6 +215,9 @@ def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
     return summary
 
 
+RESOLVED_CONFIG = "config.yaml"  # the run's resolved config, in its folder and with its MLflow run
+
+
 def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags: dict[str, str]) -> None:
     """Open the job's tracked run, or reattach to the one an interrupted attempt left.
 
@@ -237,7 +240,9 @@ def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags:
     if not (run_id and tracker.reattach(run_id, tags)):
         tracker.start(run_name, run_params(cfg, method), tags, context["parent_run_id"])
         resolved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        tracker.log_text(OmegaConf.to_yaml(resolved, resolve=True), "config.yaml")  # paths and all
+        text = OmegaConf.to_yaml(resolved, resolve=True)  # paths and all
+        (job.out / RESOLVED_CONFIG).write_text(text)  # what `python -m seal_exp.evaluate` rebuilds from
+        tracker.log_text(text, RESOLVED_CONFIG)
 
 
 def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
@@ -303,12 +308,19 @@ def record_summary(summary: dict[str, Any], tracker: Any, job: Job, dist: Distri
     summary["world_size"] = dist.world_size
     run_files.write_summary(job.out / "summary.json", summary)
     tracker.log_metrics(headline_metrics(summary), step=0)
-    figures = [
-        f"{name}.{fmt}" for name in ("per_timestep_accuracy", "training_curves") for fmt in ("png", "pdf")
-    ]
+    figures = [f"{name}.{fmt}" for name in RUN_FIGURES for fmt in ("png", "pdf")]
     for name in ("summary.json", "epochs.csv", *figures):
         tracker.log_artifact(job.out / name)
 
+
+# The figures a run draws in its folder (those it did not draw are skipped when attaching).
+RUN_FIGURES = (
+    "per_timestep_accuracy",
+    "training_curves",
+    "firing_rates",
+    "accuracy_at_timesteps",
+    "robustness",
+)
 
 # The figures a table quotes, as MLflow metrics under their summary.json names (the per-epoch curves
 # are ``val/acc``, ``test/acc`` …; ``test_acc`` is the test accuracy of the epoch selected on validation).

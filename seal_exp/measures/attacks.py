@@ -1,0 +1,280 @@
+"""White-box L∞ attacks (FGSM, PGD) on spiking and ordinary networks, through their (surrogate) gradients.
+
+The loaders hand out normalised tensors ``x_norm = (x_pix - mean) / std``; an ε of 8/255 is only comparable
+with the papers in pixel units, so the attacks work on pixels in [0, 1] and the attacked function normalises
+inside. A spiking network is differentiated through the surrogate gradients it trains with; its
+prediction is the mean of its per-timestep logits, as at test time.
+
+Forward passes per batch and ε (each one followed by ``reset``, when given):
+
+* ``fgsm``: 1 (the gradient at the clean input), then 1 more in :func:`robust_accuracy` to score the result;
+* ``pgd``: ``steps`` (one gradient per step; the random start needs none), then 1 more to score it;
+
+and :func:`robust_accuracy` makes 1 clean forward per batch, once for all ε.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from seal_exp.config import require
+
+ATTACKS = ("fgsm", "pgd")
+
+Model = Callable[[Tensor], Tensor]
+Reset = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class PixelSpace:
+    """How the loader normalised the pixels: x_norm = (x_pix - mean) / std, per channel (dim 1).
+
+    Pixels lie in [0, 1]; ε is measured there, as in the papers."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        require(len(self.mean) > 0, "mean", self.mean, "give one value per channel")
+        require(
+            len(self.std) == len(self.mean),
+            "std",
+            self.std,
+            f"give one value per channel, as many as mean has ({len(self.mean)})",
+        )
+        require(all(s > 0 for s in self.std), "std", self.std, "must be > 0 per channel")
+
+    def _per_channel(self, values: tuple[float, ...], x: Tensor) -> Tensor:
+        # A wrong channel count would broadcast silently when one side has a single channel: refuse it.
+        if x.dim() < 2 or x.shape[1] != len(values):
+            raise ValueError(
+                f"x of shape {tuple(x.shape)}: expected {len(values)} channels (one per mean/std) on dim 1"
+            )
+        shape = (1, len(values)) + (1,) * (x.dim() - 2)
+        return torch.tensor(values, dtype=x.dtype, device=x.device).view(shape)
+
+    def to_pixels(self, x_norm: Tensor) -> Tensor:
+        """The pixels the loader started from (channels on dim 1, e.g. [B, C, H, W])."""
+        return x_norm * self._per_channel(self.std, x_norm) + self._per_channel(self.mean, x_norm)
+
+    def normalise(self, x_pix: Tensor) -> Tensor:
+        """What the network was trained on; differentiable, so gradients reach the pixels."""
+        return (x_pix - self._per_channel(self.mean, x_pix)) / self._per_channel(self.std, x_pix)
+
+
+def prediction_logits(out: Tensor) -> Tensor:
+    """The logits a prediction is made from: a spiking network's [T, B, K] averaged over T, an ANN's [B, K].
+
+    The time-mean is what the spiking network is scored on at test time, so it is what the attack targets."""
+    if out.dim() == 3:
+        return out.mean(dim=0)
+    if out.dim() == 2:
+        return out
+    raise ValueError(f"model output of shape {tuple(out.shape)}: expected [T, B, K] or [B, K] logits")
+
+
+def _check_eps(eps: float) -> None:
+    require(
+        isinstance(eps, int | float) and not isinstance(eps, bool) and math.isfinite(eps) and 0 < eps <= 1,
+        "eps",
+        eps,
+        "must lie in (0, 1]: it is in pixel units, pixels lie in [0, 1] (8/255 ≈ 0.031 is usual)",
+    )
+
+
+def _input_gradient(model: Model, space: PixelSpace, x_pix: Tensor, y: Tensor, reset: Reset | None) -> Tensor:
+    """∂ CE(prediction, y) / ∂ x_pix, with one forward pass; the parameters' ``.grad`` are left untouched."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
+    x = x_pix.detach().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            # Mean over the batch: scales each sample's gradient by 1/B, which leaves its sign alone.
+            loss = F.cross_entropy(prediction_logits(model(space.normalise(x))), y)
+            (grad,) = torch.autograd.grad(loss, x)
+    finally:
+        if reset is not None:
+            reset()
+    return grad
+
+
+def fgsm(
+    model: Model, space: PixelSpace, x_pix: Tensor, y: Tensor, eps: float, *, reset: Reset | None = None
+) -> Tensor:
+    """Goodfellow et al.'s single step: clamp(x_pix + eps · sign(∇ CE), 0, 1).
+
+    One forward pass (then ``reset``). Returns the detached attacked pixels."""
+    _check_eps(eps)
+    grad = _input_gradient(model, space, x_pix, y, reset)
+    return (x_pix.detach() + eps * grad.sign()).clamp(0, 1)
+
+
+def pgd(
+    model: Model,
+    space: PixelSpace,
+    x_pix: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    generator: torch.Generator | None = None,
+    *,
+    reset: Reset | None = None,
+) -> Tensor:
+    """Madry et al.'s projected gradient ascent in the L∞ ball of radius eps around x_pix, within [0, 1].
+
+    The random start ``(2 · U[0, 1) - 1) · eps`` is drawn on the CPU with ``generator`` (the global CPU
+    generator when None) and then moved to x's device, so a seed fixes it on any device. Each of the
+    ``steps`` steps makes one forward pass (then ``reset``). Returns the detached attacked pixels.
+    """
+    _check_eps(eps)
+    require(
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps", steps, "must be >= 1"
+    )
+    require(
+        isinstance(step_size, int | float) and math.isfinite(step_size) and step_size > 0,
+        "step_size",
+        step_size,
+        "must be > 0",
+    )
+    x0 = x_pix.detach()
+    noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device="cpu")
+    x = (x0 + ((2 * noise - 1) * eps).to(x0.device)).clamp(0, 1)
+    for _ in range(steps):
+        grad = _input_gradient(model, space, x, y, reset)
+        x = x + step_size * grad.sign()
+        x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
+    return x.detach()
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """Accuracy under one attack at several ε, on a fixed subset of the test set (the first ``samples``)."""
+
+    attack: str
+    samples: int
+    clean_acc: float  # percent, on the same samples
+    acc: dict[float, float]  # eps -> percent accuracy under attack
+    steps: int | None  # pgd only
+    step_size: dict[float, float] | None  # pgd only: the step size used per eps
+
+    def as_metrics(self) -> dict[str, float]:
+        """Flat names for the tracker: ``robust/clean_acc`` and ``robust/<attack>_eps<eps>``."""
+        metrics = {"robust/clean_acc": self.clean_acc}
+        metrics.update({f"robust/{self.attack}_eps{format(eps, 'g')}": a for eps, a in self.acc.items()})
+        return metrics
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (ε keys written as strings with ``format(eps, "g")``)."""
+        return {
+            "attack": self.attack,
+            "samples": self.samples,
+            "clean_acc": self.clean_acc,
+            "acc": {format(eps, "g"): a for eps, a in self.acc.items()},
+            "steps": self.steps,
+            "step_size": None
+            if self.step_size is None
+            else {format(eps, "g"): s for eps, s in self.step_size.items()},
+        }
+
+
+def _first_samples(loader: Iterable[tuple[Tensor, Tensor]], samples: int) -> list[tuple[Tensor, Tensor]]:
+    """The first ``samples`` samples in loader order (the last batch truncated), kept as the loader gave them,
+    so every ε sees the same ones even when the loader can be iterated only once."""
+    batches, taken = [], 0
+    for x, y in loader:
+        x, y = x[: samples - taken], y[: samples - taken]
+        batches.append((x, y))
+        taken += len(y)
+        if taken >= samples:
+            break
+    return batches
+
+
+def _correct(model: Model, x_norm: Tensor, y: Tensor, reset: Reset | None) -> int:
+    with torch.no_grad():
+        right = int((prediction_logits(model(x_norm)).argmax(dim=1) == y).sum())
+    if reset is not None:
+        reset()
+    return right
+
+
+def robust_accuracy(
+    model: Model,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    space: PixelSpace,
+    attack: str,
+    epsilons: Sequence[float],
+    *,
+    samples: int,
+    steps: int = 10,
+    step_size: float | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    reset: Reset | None = None,
+) -> Robustness:
+    """Accuracy (percent) of ``model`` under ``attack`` at each ε on the loader's first ``samples`` samples.
+
+    The model is used as given: the caller puts it in eval mode (and on ``device``). ``reset`` is called after
+    every forward pass, since spiking networks keep membrane state between calls. Forward passes per batch:
+    1 clean, then per ε 2 for fgsm and ``steps + 1`` for pgd (see the module docstring). PGD's step size
+    defaults to 2.5 · eps / steps (Madry et al.) and its random starts come from one generator seeded with
+    ``seed`` per ε, so each ε's result does not depend on which others were asked for. If the loader holds
+    fewer than ``samples`` samples, all of them are used and ``Robustness.samples`` says how many.
+    """
+    require(attack in ATTACKS, "attack", attack, f"use one of {', '.join(ATTACKS)}")
+    require(len(epsilons) > 0, "epsilons", list(epsilons), "give at least one eps")
+    for eps in epsilons:
+        _check_eps(eps)
+    require(
+        isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1,
+        "samples",
+        samples,
+        "must be >= 1",
+    )
+    require(
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps", steps, "must be >= 1"
+    )
+    if step_size is not None:
+        require(math.isfinite(step_size) and step_size > 0, "step_size", step_size, "must be > 0 (or None)")
+
+    batches = _first_samples(loader, samples)
+    taken = sum(len(y) for _, y in batches)
+    require(taken > 0, "loader", loader, "yielded no samples")
+
+    # Clean accuracy on the inputs exactly as the loader gave them, i.e. as the test accuracy is measured.
+    clean = sum(_correct(model, x.to(device), y.to(device), reset) for x, y in batches)
+    acc: dict[float, float] = {}
+    sizes: dict[float, float] = {}
+    for eps in epsilons:
+        eps = float(eps)
+        size = 2.5 * eps / steps if step_size is None else float(step_size)
+        generator = torch.Generator().manual_seed(seed)
+        right = 0
+        for x_norm, y in batches:
+            x_norm, y = x_norm.to(device), y.to(device)
+            x_pix = space.to_pixels(x_norm)
+            if attack == "fgsm":
+                x_adv = fgsm(model, space, x_pix, y, eps, reset=reset)
+            else:
+                x_adv = pgd(model, space, x_pix, y, eps, steps, size, generator, reset=reset)
+            right += _correct(model, space.normalise(x_adv), y, reset)
+        acc[eps] = 100.0 * right / taken
+        sizes[eps] = size
+    return Robustness(
+        attack=attack,
+        samples=taken,
+        clean_acc=100.0 * clean / taken,
+        acc=acc,
+        steps=steps if attack == "pgd" else None,
+        step_size=sizes if attack == "pgd" else None,
+    )
