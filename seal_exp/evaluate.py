@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seal_exp.config import CONF_DIR, ConfigError, build
 from seal_exp.measures import evaluation
-from seal_exp.measures.settings import EvalSettings
+from seal_exp.measures.settings import EvalSettings, check_applicable
 from seal_exp.models import build_teacher
 from seal_exp.run import checkpoint
 from seal_exp.run.files import EVALUATION, read_summary
@@ -169,7 +169,7 @@ def evaluate_run(target: str, overrides: list[str], tracking_uri: str | None = N
     defaults = OmegaConf.load(CONF_DIR / "eval" / "default.yaml")
     cfg = OmegaConf.merge({"eval": defaults}, run.cfg, given)
     settings: EvalSettings = build(cfg.eval, "eval")
-    evaluation.check_applicable(cfg, settings)
+    check_applicable(cfg, settings)
     trainer = build(cfg.trainer, "trainer")
     device = trainer.resolve_device()
     best = checkpoint.load(run.folder / BEST)

@@ -21,8 +21,7 @@ from seal_exp.config import ConfigError, build, check_numbers, check_top_level_k
 from seal_exp.data import DataSplits, make_loader
 from seal_exp.data.loaders import resolve_workers
 from seal_exp.distillers.base import Distiller
-from seal_exp.measures.evaluation import check_applicable
-from seal_exp.measures.settings import EvalSettings
+from seal_exp.measures.settings import EvalSettings, check_applicable
 from seal_exp.models import build_student, build_teacher, speed
 from seal_exp.models.neurons import kernel_in_use
 from seal_exp.models.sync_batch_norm import convert_sync_batch_norm

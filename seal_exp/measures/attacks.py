@@ -1,13 +1,16 @@
 """White-box L∞ attacks (FGSM, PGD) on spiking and ordinary networks, through their (surrogate) gradients.
 
-The loaders hand out normalised tensors ``x_norm = (x_pix - mean) / std``; an ε of 8/255 is only comparable
-with the papers in pixel units, so the attacks work on pixels in [0, 1] and the attacked function normalises
-inside. A spiking network is differentiated through the surrogate gradients it trains with; its
-prediction is the mean of its per-timestep logits, as at test time.
+The attacks are Foolbox's (``foolbox.attacks.FGSM``, ``LinfPGD``: torch-native, maintained; torchattacks
+pins an old ``requests`` that MLflow cannot share). What is ours is how a spiking network is put in front
+of them (:func:`attacked`): its prediction is the mean of its per-timestep logits, as at test time, it is
+differentiated through the surrogate gradients it trains with, its membranes are reset after every call,
+and it takes pixels. The loaders hand out normalised tensors ``x_norm = (x_pix - mean) / std``; an ε of
+8/255 is only comparable with the papers in pixel units, so the attacks work on pixels in [0, 1] and the
+attacked function normalises inside.
 
 Forward passes per batch and ε (each one followed by ``reset``, when given):
 
-* ``fgsm``: 1 (the gradient at the clean input), then 1 more in :func:`robust_accuracy` to score the result;
+* ``fgsm``: 1 (the gradient at the clean input), then 1 more to score the result;
 * ``pgd``: ``steps`` (one gradient per step; the random start needs none), then 1 more to score it;
 
 and :func:`robust_accuracy` makes 1 clean forward per batch, once for all ε.
@@ -16,13 +19,13 @@ and :func:`robust_accuracy` makes 1 clean forward per batch, once for all ε.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from seal_exp.config import require
 
@@ -91,31 +94,78 @@ def _check_eps(eps: float) -> None:
     )
 
 
-def _input_gradient(model: Model, space: PixelSpace, x_pix: Tensor, y: Tensor, reset: Reset | None) -> Tensor:
-    """∂ CE(prediction, y) / ∂ x_pix, with one forward pass; the parameters' ``.grad`` are left untouched."""
+class _Attacked(nn.Module):
+    """What Foolbox attacks: pixels in, the prediction's logits ``[B, K]`` out, membranes reset after every
+    call (a call's autograd graph does not need them: a reset replaces the state, it does not edit it)."""
+
+    def __init__(self, model: Model, space: PixelSpace, reset: Reset | None) -> None:
+        super().__init__()
+        self.model, self.space, self.reset = model, space, reset
+
+    def forward(self, x_pix: Tensor) -> Tensor:
+        try:
+            return prediction_logits(self.model(self.space.normalise(x_pix)))
+        finally:
+            if self.reset is not None:
+                self.reset()
+
+
+def attacked(model: Model, space: PixelSpace, device: torch.device | str, reset: Reset | None = None) -> Any:
+    """``model`` as a Foolbox model on pixels in [0, 1]."""
+    import foolbox
+
     if torch.is_inference_mode_enabled():
         raise RuntimeError("attacks need gradients: call them outside torch.inference_mode()")
-    x = x_pix.detach().requires_grad_(True)
+    wrapped = _Attacked(model, space, reset)
+    wrapped.training = False  # Foolbox asks for eval mode; the network's own mode stays the caller's
+    return foolbox.PyTorchModel(wrapped, bounds=(0, 1), device=torch.device(device))
+
+
+def _run(
+    attack: Any, fmodel: Any, model: Model, x_pix: Tensor, y: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    """The attacked pixels and which of them are misclassified (one scoring forward, Foolbox's).
+
+    The network's parameters are frozen meanwhile: Foolbox backpropagates a loss, which would otherwise
+    fill their ``.grad`` (and cost the parameter gradients for nothing)."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    flags = [p.requires_grad for p in params]
     try:
+        for p in params:
+            p.requires_grad_(False)
         with torch.enable_grad():
-            # Mean over the batch: scales each sample's gradient by 1/B, which leaves its sign alone.
-            loss = F.cross_entropy(prediction_logits(model(space.normalise(x))), y)
-            (grad,) = torch.autograd.grad(loss, x)
+            _, adv, success = attack(fmodel, x_pix.detach().clamp(0, 1), y, epsilons=float(eps))
     finally:
-        if reset is not None:
-            reset()
-    return grad
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+    return adv.detach(), success
+
+
+def _pgd_attack(steps: int, step_size: float) -> Any:
+    import foolbox
+
+    return foolbox.attacks.LinfPGD(abs_stepsize=step_size, steps=steps, random_start=True)
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """PGD's random starts drawn from ``seed`` (Foolbox draws them from torch's generator of the input's
+    device), without touching anyone else's random state."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def fgsm(
     model: Model, space: PixelSpace, x_pix: Tensor, y: Tensor, eps: float, *, reset: Reset | None = None
 ) -> Tensor:
-    """Goodfellow et al.'s single step: clamp(x_pix + eps · sign(∇ CE), 0, 1).
+    """Goodfellow et al.'s single step: clamp(x_pix + eps · sign(∇ CE), 0, 1). Returns the attacked pixels."""
+    import foolbox
 
-    One forward pass (then ``reset``). Returns the detached attacked pixels."""
     _check_eps(eps)
-    grad = _input_gradient(model, space, x_pix, y, reset)
-    return (x_pix.detach() + eps * grad.sign()).clamp(0, 1)
+    adv, _ = _run(foolbox.attacks.FGSM(), attacked(model, space, x_pix.device, reset), model, x_pix, y, eps)
+    return adv
 
 
 def pgd(
@@ -126,17 +176,21 @@ def pgd(
     eps: float,
     steps: int,
     step_size: float,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
     *,
     reset: Reset | None = None,
 ) -> Tensor:
-    """Madry et al.'s projected gradient ascent in the L∞ ball of radius eps around x_pix, within [0, 1].
-
-    The random start ``(2 · U[0, 1) - 1) · eps`` is drawn on the CPU with ``generator`` (the global CPU
-    generator when None) and then moved to x's device, so a seed fixes it on any device. Each of the
-    ``steps`` steps makes one forward pass (then ``reset``). Returns the detached attacked pixels.
-    """
+    """Madry et al.'s projected gradient ascent in the L∞ ball of radius eps around x_pix, within [0, 1],
+    from a uniform random start in the ball drawn from ``seed``. Returns the attacked pixels."""
     _check_eps(eps)
+    _check_pgd(steps, step_size)
+    with _seeded(seed, x_pix.device):
+        fmodel = attacked(model, space, x_pix.device, reset)
+        adv, _ = _run(_pgd_attack(steps, step_size), fmodel, model, x_pix, y, eps)
+    return adv
+
+
+def _check_pgd(steps: int, step_size: float) -> None:
     require(
         isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "steps", steps, "must be >= 1"
     )
@@ -146,14 +200,6 @@ def pgd(
         step_size,
         "must be > 0",
     )
-    x0 = x_pix.detach()
-    noise = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device="cpu")
-    x = (x0 + ((2 * noise - 1) * eps).to(x0.device)).clamp(0, 1)
-    for _ in range(steps):
-        grad = _input_gradient(model, space, x, y, reset)
-        x = x + step_size * grad.sign()
-        x = torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
-    return x.detach()
 
 
 @dataclass(frozen=True)
@@ -255,19 +301,19 @@ def robust_accuracy(
     clean = sum(_correct(model, x.to(device), y.to(device), reset) for x, y in batches)
     acc: dict[float, float] = {}
     sizes: dict[float, float] = {}
+    import foolbox
+
+    fmodel = attacked(model, space, device, reset)
     for eps in epsilons:
         eps = float(eps)
         size = 2.5 * eps / steps if step_size is None else float(step_size)
-        generator = torch.Generator().manual_seed(seed)
+        method = foolbox.attacks.FGSM() if attack == "fgsm" else _pgd_attack(steps, size)
         right = 0
-        for x_norm, y in batches:
-            x_norm, y = x_norm.to(device), y.to(device)
-            x_pix = space.to_pixels(x_norm)
-            if attack == "fgsm":
-                x_adv = fgsm(model, space, x_pix, y, eps, reset=reset)
-            else:
-                x_adv = pgd(model, space, x_pix, y, eps, steps, size, generator, reset=reset)
-            right += _correct(model, space.normalise(x_adv), y, reset)
+        with _seeded(seed, torch.device(device)):  # each ε from the seed: independent of the other ε asked
+            for x_norm, y in batches:
+                x_norm, y = x_norm.to(device), y.to(device)
+                _, fooled = _run(method, fmodel, model, space.to_pixels(x_norm), y, eps)
+                right += int((~fooled).sum())
         acc[eps] = 100.0 * right / taken
         sizes[eps] = size
     return Robustness(

@@ -33,7 +33,7 @@ from seal_exp.measures.activity import (
     measure_spiking,
 )
 from seal_exp.measures.attacks import PixelSpace, Robustness, robust_accuracy
-from seal_exp.measures.settings import EvalSettings
+from seal_exp.measures.settings import EvalSettings, check_applicable
 from seal_exp.measures.timesteps import accuracy_at_timesteps, student_at, with_timesteps
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.run.files import ROBUST_PREFIX
@@ -41,22 +41,6 @@ from seal_exp.run.files import ROBUST_PREFIX
 log = logging.getLogger("seal_exp")
 
 FORMAT = 1
-
-
-def is_event_data(cfg: DictConfig) -> bool:
-    """Whether the dataset serves event frames (their count follows the run's T), known from the config."""
-    return "frames_number" in cfg.dataset
-
-
-def check_applicable(cfg: DictConfig, settings: EvalSettings) -> None:
-    """Refuse what cannot be measured on this run, before any data is read."""
-    if settings.attack != "none" and is_event_data(cfg):
-        raise ConfigError(
-            f"eval.attack={settings.attack}: dataset={cfg.dataset.name} serves event frames (counts of "
-            "events per pixel and polarity), not pixels in [0, 1], so an L∞ budget in pixel units has no "
-            "meaning there; set eval.attack=none for event data, or attack a run on a static dataset "
-            "(mnist5k, cifar10, cifar100, imagenet)"
-        )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from seal_exp.config import require, require_finite
+from omegaconf import DictConfig
+
+from seal_exp.config import ConfigError, require, require_finite
 
 ATTACKS = ("none", "fgsm", "pgd")
 
@@ -85,3 +87,19 @@ class EvalSettings:
 
     def step_size(self, eps: float) -> float:
         return self.pgd_step_size if self.pgd_step_size is not None else 2.5 * eps / self.pgd_steps
+
+
+def is_event_data(cfg: DictConfig) -> bool:
+    """Whether the dataset serves event frames (their count follows the run's T), known from the config."""
+    return "frames_number" in cfg.dataset
+
+
+def check_applicable(cfg: DictConfig, settings: EvalSettings) -> None:
+    """Refuse what cannot be measured on this run, before any data is read."""
+    if settings.attack != "none" and is_event_data(cfg):
+        raise ConfigError(
+            f"eval.attack={settings.attack}: dataset={cfg.dataset.name} serves event frames (counts of "
+            "events per pixel and polarity), not pixels in [0, 1], so an L∞ budget in pixel units has no "
+            "meaning there; set eval.attack=none for event data, or attack a run on a static dataset "
+            "(mnist5k, cifar10, cifar100, imagenet)"
+        )
