@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seal_exp.config import CONF_DIR, ConfigError, build, flatten, invalid, project_root, require
 from seal_exp.notation import display_key
+from seal_exp.run_controls import is_run_control
 
 log = logging.getLogger(__name__)
 
@@ -660,26 +662,9 @@ def source_tags() -> dict[str, str]:
 
 
 # How a run reads in ``mlflow ui``: names that say what differs, params that say what was computed.
-NOT_PARAMS = ("paths.", "tracking.", "hydra.", "eval.")  # where things live on one machine, and what is
-# measured after training (``evaluate`` may measure again with other settings); all in the config artifact
-NOT_PARAM_KEYS = {
-    "dataset.root",
-    "teacher.cache_dir",
-    "trainer.progress",
-    "trainer.progress_every",
-    "skip_finished",
-    "resume",
-    "resume_across_code_change",
-}
-QUIET_OVERRIDES = (
-    *NOT_PARAMS,
-    *NOT_PARAM_KEYS,
-    "debug",
-    "experiment",
-    "dataset",
-    "trainer.device",
-    "trainer.num_workers",
-)
+# Overrides a run's name leaves out besides the run controls (seal_exp/run_controls.py), with every key
+# under them: presets, and the dataset (the run's experiment is named after it).
+QUIET_OVERRIDES = ("debug", "experiment", "dataset")
 SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
 
 
@@ -691,8 +676,14 @@ def method_name(cfg: DictConfig) -> str:
     """The method as the command line names it (``seal``, ``kd``, ``none``): the ``conf/distiller`` option
     that builds this distiller class (else the class's name, for one defined elsewhere)."""
     target = str(cfg.distiller._target_)
-    options = [p.stem for p in sorted((CONF_DIR / "distiller").glob("*.yaml")) if _target_of(p) == target]
+    options = [name for name, built in _distiller_options() if built == target]
     return options[0] if len(options) == 1 else target.rsplit(".", 1)[-1].lower()
+
+
+@functools.cache
+def _distiller_options() -> tuple[tuple[str, str | None], ...]:
+    """Each ``conf/distiller`` option with the class it builds, read once per process."""
+    return tuple((p.stem, _target_of(p)) for p in sorted((CONF_DIR / "distiller").glob("*.yaml")))
 
 
 def _target_of(path: Path) -> str | None:
@@ -734,15 +725,21 @@ def job_run_name(cfg: DictConfig, stage: str) -> str:
         parts = [method_name(cfg), *(f"{display_key(k)}={_number(v)}" for k, v in settings.items())]
         parts += [f"T={cfg.neuron.T}", f"seed={cfg.seed}"]
         shown = {"distiller", "neuron.T", "seed", *(f"distiller.{k}" for k in settings)}
+    extra = []
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key in shown or key.startswith(QUIET_OVERRIDES) or key in QUIET_OVERRIDES:
+        if key in shown or key.split(".", 1)[0] in QUIET_OVERRIDES or is_run_control(key):
             continue
-        parts.append(f"{display_key(key)}={value}")
+        extra.append((key, value))
+    # a key shown by its last part, unless two keys share it (trainer.epochs, teacher.recipe.epochs)
+    taken = [display_key(k) for k, _ in extra] + [p.split("=", 1)[0] for p in parts]
+    for key, value in extra:
+        short = display_key(key)
+        parts.append(f"{short if taken.count(short) == 1 else key}={value}")
     return " ".join(parts)[:250]
 
 
-def swept_keys(overrides: Sequence[str]) -> dict[str, str]:
+def swept_overrides(overrides: Sequence[str]) -> dict[str, str]:
     """The keys a multirun sweeps (``distiller.alpha=0.3,0.6``, ``seed=range(3)``) → their values."""
     swept = {}
     for override in overrides:
@@ -755,7 +752,7 @@ def swept_keys(overrides: Sequence[str]) -> dict[str, str]:
 
 def sweep_run_name(overrides: Sequence[str], method: str | None, started: float) -> str:
     """``sweep 2026-12-02 16:07 seal α×β×T`` or ``sweep 2026-12-02 16:07 none|kd|seal seed``."""
-    swept = swept_keys(overrides)
+    swept = swept_overrides(overrides)
     methods = swept.pop("distiller", None)
     methods = methods.replace(",", "|") if methods else (method or "")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
@@ -769,7 +766,7 @@ def run_params(cfg: DictConfig, method: str) -> dict[str, str]:
     flat = flatten(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     params = {"method": method}
     for key, value in flat.items():
-        if key.startswith(NOT_PARAMS) or key in NOT_PARAM_KEYS or key.endswith("_partial_"):
+        if is_run_control(key) or key.endswith("_partial_"):
             continue
         if key == "distiller" or key.startswith("distiller."):
             key = method + key[len("distiller") :]
@@ -830,7 +827,7 @@ class MLflowSweepCallback(Callback):
             }
             overrides = list(config.hydra.overrides.task)
             method = config.hydra.runtime.choices.get("distiller") if "runtime" in config.hydra else None
-            swept = swept_keys(overrides)
+            swept = swept_overrides(overrides)
             if swept:
                 tags["sweep.keys"] = " ".join(swept)
             run_id = tracker.open_parent(sweep_run_name(overrides, method, time.time()), tags)

@@ -135,7 +135,7 @@ def test_a_small_comparison_writes_its_table_and_attaches_it_to_the_parent_run(t
             "--distillers",
             "none,kd",
             "--seeds",
-            "0,1",
+            "0",  # the seed statistics are tested on made-up rows above; here: the command end to end
             "--sweep-dir",
             str(sweep),
             "dataset=digits",
@@ -148,7 +148,7 @@ def test_a_small_comparison_writes_its_table_and_attaches_it_to_the_parent_run(t
     for name in ("comparison.md", "comparison.csv", "comparison.png", "comparison.pdf"):
         assert (sweep / name).is_file()
     text = (sweep / "comparison.md").read_text()
-    assert "| none | 0,1 |" in text and "| kd | 0,1 |" in text and "4 finished job(s) of 4" in text
+    assert "| none | 0 |" in text and "| kd | 0 |" in text and "2 finished job(s) of 2" in text
     assert "| firing rate | SynOps (M) | energy (µJ) |" in text  # measured after training, by default
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = (sweep / "mlflow_parent_run_id").read_text().strip()

@@ -305,6 +305,45 @@ def test_run_names_come_from_the_config_not_from_an_earlier_hydra_job(tmp_path):
         HydraConfig.instance().cfg = None
 
 
+def test_run_names_show_what_differs_with_full_keys_where_last_parts_clash(tmp_path):
+    """Two epochs (the student's and the teacher's) are told apart; run controls (device, checkpoint
+    frequency, what is measured after training) name nothing and are no params, like the identity."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from seal_exp.config import CONF_DIR
+    from seal_exp.run.identity import identity_config
+    from seal_exp.tracking import job_run_name, run_params
+
+    overrides = [
+        "distiller=kd",
+        "seed=3",
+        "trainer.epochs=3",
+        "teacher.recipe.epochs=5",
+        "optim.lr=0.05",
+        "trainer.checkpoint_every_steps=5",
+        "trainer.device=cpu",
+        "eval.attack=pgd",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        job = compose("train", overrides, return_hydra_config=True)
+    job.hydra.runtime.output_dir = str(tmp_path / "job")
+    cfg = make_cfg(tmp_path, overrides, output=tmp_path / "job")
+    try:
+        HydraConfig.instance().set_config(job)
+        assert (
+            job_run_name(cfg, "distill")
+            == "kd α=0.5 τ=4 T=4 seed=3 trainer.epochs=3 teacher.recipe.epochs=5 lr=0.05"
+        )
+    finally:
+        HydraConfig.instance().cfg = None
+    params = run_params(cfg, "kd")
+    assert params["trainer.epochs"] == "3" and params["teacher.recipe.epochs"] == "5"
+    controls = ("trainer.device", "trainer.checkpoint_every_steps", "eval.attack", "trainer.progress")
+    assert not any(k in params for k in controls)
+    assert not any(k in identity_config(cfg) for k in controls)
+
+
 def test_system_metrics_are_sampled_into_the_run(tmp_path):
     """MLflow's system metrics (CPU, memory, disk, network; GPU where NVML sees one), with a sample at the
     end, so even a run shorter than the sampling interval (60 s here) has them."""

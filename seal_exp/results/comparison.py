@@ -223,7 +223,7 @@ def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | 
     table = aggregate(rows, order)
     first = rows[0]
     context = (
-        f"Dataset {first['dataset']}, T={first['T']}, {first['epochs']} epochs; "
+        f"Dataset {first['dataset']}, T={first['T']}, {_epochs(first['epochs'])}; "
         f"{len(rows)} finished job(s)" + (f" of {expected}" if expected else "") + f"; sweep {sweep_dir}."
     )
     text = markdown(table, context)
@@ -236,7 +236,9 @@ def report(sweep_dir: Path, order: Sequence[str] | None = None, expected: int | 
         )
     (sweep_dir / "comparison.md").write_text(text)
     write_csv(sweep_dir / "comparison.csv", table)
-    plot(sweep_dir / "comparison.png", table, f"{first['dataset']}, T={first['T']}, {first['epochs']} epochs")
+    plot(
+        sweep_dir / "comparison.png", table, f"{first['dataset']}, T={first['T']}, {_epochs(first['epochs'])}"
+    )
     _attach(sweep_dir)
     return text
 
@@ -246,3 +248,7 @@ def _attach(sweep_dir: Path) -> None:
     parent = parent_run(sweep_dir)
     if parent is not None:
         attach(*parent, [sweep_dir / name for name in ARTIFACTS], "comparison", "the comparison")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if int(n) == 1 else f"{n} epochs"

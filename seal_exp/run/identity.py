@@ -21,29 +21,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seal_exp.config import flatten
+from seal_exp.run_controls import RUN_CONTROLS, is_run_control
 
-# Dotted keys (or key prefixes) that say where and how a job runs, not what it computes.
-EXCLUDED = (
-    "hydra",
-    "paths",
-    "tracking",
-    "eval",
-    "resume",
-    "resume_across_code_change",
-    "skip_finished",
-    "dataset.root",
-    "teacher.cache_dir",
-    "trainer.device",
-    "trainer.progress",
-    "trainer.progress_every",
-    "trainer.figures",
-    "trainer.num_workers",
-    "trainer.pin_memory",
-    "trainer.persistent_workers",
-    "trainer.checkpoint_every_steps",
-    "trainer.dist_backend",
-    "trainer.dist_timeout_min",
-)
+EXCLUDED = RUN_CONTROLS  # where and how a job runs, not what it computes (seal_exp/run_controls.py)
 
 
 def target_name(target: str) -> str:
@@ -65,7 +45,7 @@ def _meaning(key: str, value: str) -> str:
 
 
 def _excluded(key: str) -> bool:
-    return any(key == e or key.startswith(e + ".") for e in EXCLUDED)
+    return is_run_control(key)
 
 
 def identity_config(cfg: DictConfig) -> dict[str, str]:
