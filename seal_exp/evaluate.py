@@ -32,7 +32,8 @@ from seal_exp.models import build_teacher
 from seal_exp.run import checkpoint
 from seal_exp.run.files import EVALUATION, read_summary
 from seal_exp.run.session import RESOLVED_CONFIG
-from seal_exp.tracking import job_run_name
+from seal_exp.teacher import cache as teacher_cache
+from seal_exp.tracking import job_run_name, log_metrics_into
 from seal_exp.trained import BEST, run_id_of, tracking_client
 
 log = logging.getLogger("seal_exp")
@@ -153,8 +154,11 @@ def _teacher(run: FinishedRun) -> torch.nn.Module | None:
         return None
     teacher = build_teacher(run.cfg)
     path = Path(str(run.summary["teacher_checkpoint"]))
-    if path.is_file():
-        teacher.load_state_dict(checkpoint.load(path)["state_dict"])
+    if path.is_file():  # checked against the run's config as the run itself checked it
+        origin = "checkpoint" if run.cfg.teacher.get("checkpoint") else "cache"
+        teacher_cache.load_into(
+            teacher, teacher_cache.TeacherSource(path, origin, needs_training=False), run.cfg
+        )
     else:
         log.info("the teacher checkpoint %s is gone: its costs are counted on its architecture", path)
     return teacher.eval()
@@ -221,13 +225,8 @@ def evaluate_run(target: str, overrides: list[str], tracking_uri: str | None = N
 
 def _log_into(run: FinishedRun, metrics: dict[str, float], files: list[Path]) -> None:
     """Metrics and files into the finished run, leaving its status as it is."""
-    from mlflow.entities import Metric
-
     client = tracking_client(run.tracking_uri)
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):
-        client.log_batch(run.run_id, metrics=items[i : i + 1000])
+    log_metrics_into(client, run.run_id, metrics, step=0)
     client.set_tag(run.run_id, "seal.evaluated", time.strftime("%Y-%m-%d %H:%M:%S"))
     for path in files:
         client.log_artifact(run.run_id, str(path), None if path.name == EVALUATION else FIGURES)

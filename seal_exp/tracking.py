@@ -108,6 +108,16 @@ LOCKED_RETRY_S = 60.0  # how long a call keeps retrying a busy SQLite store (on 
 SERVER_PROBE_TIMEOUT_S = 5.0  # a server that does not answer /health in this long is taken as down
 
 
+def log_metrics_into(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """``metrics`` at ``step`` into a run, whatever its status (in batches; a busy store is retried)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        _retrying(client.log_batch, run_id, metrics=items[i : i + 1000])
+
+
 def _scheme(uri: str) -> str:
     """The store kind MLflow picks for ``uri`` ('' for a plain path, 'postgresql' for postgresql+psycopg2)."""
     if uri in ("databricks", "databricks-uc", "uc"):
@@ -432,13 +442,8 @@ class MLflowTracker:
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log ``metrics`` at ``step`` on the active run (in batches; a busy SQLite store is retried)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            _retrying(self.client.log_batch, self.run_id, metrics=items[i : i + 1000])
+        """Log ``metrics`` at ``step`` on the active run."""
+        log_metrics_into(self.client, self.run_id, metrics, step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tag the active run with what is learnt while it runs (the data's fingerprint, once read)."""
@@ -990,13 +995,14 @@ def all_pages(search: Any, *args: Any, **kwargs: Any) -> list[Any]:
             return found
 
 
-def download_summary(client: Any, run_id: str, tmp: Path) -> dict[str, Any] | None:
-    """The ``summary.json`` tracked with an MLflow run (into ``tmp``), or None: the job did not finish.
+def download_json(client: Any, run_id: str, tmp: Path, name: str = "summary.json") -> dict[str, Any] | None:
+    """A JSON file tracked with an MLflow run (into ``tmp``), or None where the run has none: no
+    ``summary.json`` (the job did not finish), no ``evaluation.json`` (never evaluated again).
 
     Read here rather than through ``seal_exp.run.files``, so tracking depends on nothing above it.
     """
     try:
-        path = Path(client.download_artifacts(run_id, "summary.json", str(tmp / run_id)))
+        path = Path(client.download_artifacts(run_id, name, str(tmp / run_id)))
         return json.loads(path.read_text())
     except Exception:
         return None

@@ -38,8 +38,8 @@ from seal_exp.results.tables import (
     pm,
     write_csv_table,
 )
-from seal_exp.run.files import EVALUATION, read_results, read_summary, with_evaluation
-from seal_exp.tracking import all_pages, attach, download_summary, parent_run
+from seal_exp.run.files import EVALUATION, read_results, with_evaluation
+from seal_exp.tracking import all_pages, attach, download_json, parent_run
 
 METRICS = (  # every report has these; the measured figures follow when a job has them (measured_columns)
     "test_acc",
@@ -214,9 +214,10 @@ def read_parent_run(run_id: str, uri: str) -> Sweep:
         for child in sorted(children, key=lambda r: r.info.start_time or 0):
             tags = child.data.tags
             overrides = tags.get("hydra.overrides", "")
-            summary = download_summary(client, child.info.run_id, Path(tmp))
+            summary = download_json(client, child.info.run_id, Path(tmp))
             if summary is not None:
-                summary = with_evaluation(summary, download_evaluation(client, child.info.run_id, Path(tmp)))
+                evaluation = download_json(client, child.info.run_id, Path(tmp), EVALUATION)
+                summary = with_evaluation(summary, evaluation)
             job = Job(
                 tags.get("hydra.job.num", child.info.run_id[:8]),
                 parse_overrides([] if overrides in ("", "(none)") else overrides.split()),
@@ -231,15 +232,6 @@ def read_parent_run(run_id: str, uri: str) -> Sweep:
     folder = Path(parent.data.tags.get("sweep.dir", ""))
     folder_ok = parent.data.tags.get("sweep.dir") and folder.is_dir()
     return Sweep(f"MLflow run {run_id} ({uri})", jobs, folder if folder_ok else None, (run_id, uri))
-
-
-def download_evaluation(client: Any, run_id: str, tmp: Path) -> dict[str, Any] | None:
-    """The ``evaluation.json`` a later ``python -m seal_exp.evaluate`` tracked with a run (into ``tmp``), or
-    None: the run was never evaluated again."""
-    try:
-        return read_summary(Path(client.download_artifacts(run_id, EVALUATION, str(tmp / run_id))))
-    except Exception:
-        return None
 
 
 def _natural(name: str) -> tuple[int, int | str]:

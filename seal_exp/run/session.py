@@ -35,7 +35,7 @@ from seal_exp.run.preemption import Preempted
 from seal_exp.run.resume import resume_point
 from seal_exp.tracking import (
     IDENTITY_TAG,
-    download_summary,
+    download_json,
     git_tags,
     job_context,
     method_name,
@@ -196,7 +196,7 @@ def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
         summary = run_files.read_summary(earlier_out / "summary.json")
     else:  # that folder is gone (another machine, cleaned up): the copy tracked with the run
         with tempfile.TemporaryDirectory() as tmp:
-            summary = download_summary(tracker.client, run.info.run_id, Path(tmp)) or {}
+            summary = download_json(tracker.client, run.info.run_id, Path(tmp)) or {}
     summary |= {"skipped": True, "reused_run": run.info.run_id, "identity": job.identity}
     if summary.get("stage") is not None and job.out.resolve() != earlier_out.resolve():
         job.out.mkdir(parents=True, exist_ok=True)
