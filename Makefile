@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 PORT ?= 5000
+ROOT ?= $(CURDIR)
 SWEEP ?= distiller.alpha=0.3,0.6 distiller.beta=0.05,0.15 neuron.T=2,4 trainer.epochs=3
-SWEEP_DIR ?= multirun/sweep/$(shell date +%Y-%m-%d_%H-%M-%S)_$(shell od -An -N2 -tx1 /dev/urandom | tr -d " \n")
-SWEEP_DIR := $(SWEEP_DIR)
+SWEEP_NAME := sweep/$(shell date +%Y-%m-%d_%H-%M-%S)_$(shell od -An -N2 -tx1 /dev/urandom | tr -d " \n")
+SWEEP_DIR ?=# default: <paths.root>/multirun/$(SWEEP_NAME), paths.root as ARGS (or conf/local) set it
 
 .PHONY: help install train evaluate test test-slurm sweep compare ui lint clean models bench
 
@@ -20,7 +21,7 @@ help:
 	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~11 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
-	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over this project's mlflow.db (prints each experiment's runs-table URL first)"
+	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over ROOT's mlflow.db (ROOT: paths.root, default the checkout); prints a runs-table URL per experiment and per sweep first"
 	@echo "make models  every student and teacher with its parameter count (ARGS: dataset overrides)"
 	@echo "make bench   speed figures: training/evaluation step, plain path vs configured (ARGS: overrides; minutes on a CPU; BENCHMARKS.md)"
 	@echo "make lint    ruff check + format check"
@@ -48,8 +49,9 @@ test-slurm: $(STAMP)
 	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)
 
 sweep: $(STAMP)
-	$(BIN)/python -m seal_exp.train -m $(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
-	$(BIN)/python -m seal_exp.report $(SWEEP_DIR)
+	@dir="$(SWEEP_DIR)"; test -n "$$dir" || dir="$$($(BIN)/python -m seal_exp.compare --print-multirun-root $(ARGS))/$(SWEEP_NAME)" || exit 2; \
+	echo "sweep folder: $$dir"; \
+	$(BIN)/python -m seal_exp.train -m $(SWEEP) hydra.sweep.dir="$$dir" $(ARGS) && $(BIN)/python -m seal_exp.report "$$dir"
 
 compare: $(STAMP)
 	$(BIN)/python -m seal_exp.compare $(ARGS)
@@ -61,8 +63,8 @@ bench: $(STAMP)
 	$(BIN)/python -m seal_exp.bench step --compare $(ARGS)
 
 ui: $(STAMP)
-	@$(BIN)/python -c "from seal_exp.tracking import runs_tables; print(*runs_tables('sqlite:///$(CURDIR)/mlflow.db', 'http://127.0.0.1:$(PORT)'), sep='\n')"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+	@$(BIN)/python -m seal_exp.results.mlflow_views $(ROOT) http://127.0.0.1:$(PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(ROOT))/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check seal_exp tests

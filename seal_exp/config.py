@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A configuration the run refuses; the message names the key and what to do."""
 
 
+class RunFailed(RuntimeError):
+    """A run that started and failed for a reason its message gives in one line, with what to do (a loss
+    that became non-finite, a tracking store that stopped working): ``python -m seal_exp.train`` prints
+    that line, not a traceback, and exits 1; the run is FAILED in the store wherever the store allows."""
+
+
 class InvalidArgument(ValueError):
     """Raised by a constructor for one of its own arguments; :func:`build` adds the config path."""
 
@@ -86,8 +92,13 @@ def invalid(key: str, value: Any, rule: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} is invalid: {rule}.{_origin(key)}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # a larger number overflows the float32 of a learning rate or a weight
+INT64_MAX = 2**63 - 1  # a larger integer overflows torch's (and numpy's) integers
+
+
 def check_numbers(node: DictConfig | ListConfig, prefix: str = "") -> None:
-    """Refuse a NaN or infinite number anywhere in a config (``hydra`` aside), and text where a
+    """Refuse a NaN or infinite number anywhere in a config (``hydra`` aside), a number beyond float32
+    or an integer beyond int64 (``optim.lr=1e300`` overflows at the first step), and text where a
     ``_target_`` takes a number or a switch (its default is a float, an int or a bool), naming the key.
 
     Third-party targets (torch's schedules, spikingjelly's surrogates) check nothing and fail only
@@ -107,6 +118,12 @@ def check_numbers(node: DictConfig | ListConfig, prefix: str = "") -> None:
             check_numbers(value, key)
         elif isinstance(value, float) and not math.isfinite(value):
             raise invalid(key, value, "use a finite number")
+        elif isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise invalid(
+                key, value, f"use a number of at most {FLOAT32_MAX:.4g} in size (float32's largest)"
+            )
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+            raise invalid(key, value, "use an integer of at most 2**63 - 1 in size")
         elif typed.get(k) is float and isinstance(value, str):
             raise invalid(key, value, "use a number")
         elif typed.get(k) is int and isinstance(value, str | bool):

@@ -2,9 +2,11 @@
 
 Measures a finished run's selected student (``best.pt``) beyond top-1, without training anything:
 firing rates, synaptic operations and energy, accuracy at other timesteps T', robust accuracy under
-FGSM / PGD (``conf/eval/default.yaml`` lists the settings). The result is written to
-``evaluation.json`` in the run's folder, its figures to ``evaluation/``, and both are logged into the
-same MLflow run, which stays FINISHED. Any finished run of a sweep can be measured this way.
+FGSM / PGD (``conf/eval/default.yaml`` lists the settings). The result is added to ``evaluation.json``
+in the run's folder, which keeps every earlier measurement that this one does not repeat (the energy, each
+T', each attack, with its settings and sample count); its figures go to ``evaluation/``, and both are
+logged into the same MLflow run, which stays FINISHED. Any finished run of a sweep can be measured this way.
+A run id is looked up in $MLFLOW_TRACKING_URI, else in this project's store.
 
     python -m seal_exp.evaluate outputs/2026-12-06/10-00-00_1a2b eval.attack=pgd eval.timesteps=[1,2,3,4,6]
     python -m seal_exp.evaluate 3f78dde293b5421fa45b1f23aa4339be eval.attack=fgsm eval.epsilons=[0.01,0.03]
@@ -26,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from seal_exp.config import CONF_DIR, ConfigError, build
+from seal_exp.config_targets import check_file_config
 from seal_exp.measures import evaluation
 from seal_exp.measures.settings import EvalSettings, check_applicable
 from seal_exp.models import build_teacher
@@ -34,7 +37,7 @@ from seal_exp.run.files import EVALUATION, read_summary
 from seal_exp.run.session import RESOLVED_CONFIG
 from seal_exp.teacher import cache as teacher_cache
 from seal_exp.tracking import job_run_name, log_metrics_into
-from seal_exp.trained import BEST, run_id_of, tracking_client
+from seal_exp.trained import BEST, missing_sqlite_store, run_id_of, tracking_client
 
 log = logging.getLogger("seal_exp")
 
@@ -52,7 +55,8 @@ class FinishedRun:
     cfg: DictConfig  # the run's config (resolved where it was fetched from MLflow)
     summary: dict[str, Any]
     run_id: str | None  # its MLflow run (None: trained with tracking=none)
-    tracking_uri: str | None
+    tracking_uri: str | None  # its store (None: not reachable from here, so nothing is logged)
+    unlogged: str | None = None  # why a tracked run is not logged into, said before anything is measured
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -70,16 +74,30 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     return OmegaConf.from_dotlist(overrides)
 
 
+def _read_config(path: Path) -> DictConfig:
+    """A run's config file, refused in one line when it is not a config or would build anything but the
+    classes the config groups name (run folders are shared: nothing of it is built before this check)."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # invalid YAML, undecodable bytes, a list instead of a mapping …
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read {path} as a config ({reason}): copy the run folder again") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} is not a mapping of settings: copy the run folder again")
+    check_file_config(cfg, path)
+    return cfg
+
+
 def _run_config(folder: Path) -> DictConfig:
     """The run's resolved config as it wrote it, else Hydra's record with its folder as ``paths.output``."""
     if (folder / RESOLVED_CONFIG).is_file():
-        return OmegaConf.load(folder / RESOLVED_CONFIG)
+        return _read_config(folder / RESOLVED_CONFIG)
     path = folder / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(
             f"neither {folder / RESOLVED_CONFIG} nor {path} exists: no record of the run's config"
         )
-    cfg = OmegaConf.load(path)
+    cfg = _read_config(path)
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output = str(folder)
     return cfg
@@ -107,10 +125,20 @@ def locate(target: str, tracking_uri: str | None = None) -> FinishedRun:
         path = path.parent
     if path.is_dir():
         summary, cfg = _finished_folder(path)
-        uri = None
-        if summary.get("mlflow_run_id") and "uri" in cfg.get("tracking", {}):
+        run_id = summary.get("mlflow_run_id")
+        uri, unlogged = None, None
+        if run_id and "uri" in cfg.get("tracking", {}):
             uri = tracking_uri or str(OmegaConf.select(cfg, "tracking.uri"))
-        return FinishedRun(path.resolve(), cfg, summary, summary.get("mlflow_run_id"), uri)
+            missing = missing_sqlite_store(uri)
+            if missing is not None:  # the folder was copied here without its store: it is the record
+                uri, unlogged = (
+                    None,
+                    (
+                        f"MLflow run {run_id} is not logged into: no MLflow store at {missing}; set "
+                        "MLFLOW_TRACKING_URI to the store it is in to log there"
+                    ),
+                )
+        return FinishedRun(path.resolve(), cfg, summary, run_id, uri, unlogged)
     if not target.startswith(("runs:/", "models:/")) and ("/" in target or target.startswith(".")):
         raise ConfigError(f"{target}: no such run folder")
     run_id = run_id_of(target, tracking_uri)
@@ -142,9 +170,7 @@ def locate(target: str, tracking_uri: str | None = None) -> FinishedRun:
     summary = read_summary(fetched / "summary.json")
     if summary.get("stage") != "distill":
         raise ConfigError(f"MLflow run {run_id} trained a teacher only: it has no student to evaluate")
-    return FinishedRun(
-        fetched, OmegaConf.load(fetched / RESOLVED_CONFIG), summary, run_id, client.tracking_uri
-    )
+    return FinishedRun(fetched, _read_config(fetched / RESOLVED_CONFIG), summary, run_id, client.tracking_uri)
 
 
 def _teacher(run: FinishedRun) -> torch.nn.Module | None:
@@ -164,9 +190,43 @@ def _teacher(run: FinishedRun) -> torch.nn.Module | None:
     return teacher.eval()
 
 
+def _earlier(path: Path) -> dict[str, Any] | None:
+    """The run's evaluation.json, to be added to; refused in one line when it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read {path} ({exc}): move it away, and the next evaluation starts a new one"
+        ) from None
+    if not isinstance(record, dict) or record.get("format") not in (1, evaluation.FORMAT):
+        raise ConfigError(
+            f"{path} is not an evaluation record of format 1 or {evaluation.FORMAT} (another version wrote "
+            "it?): move it away, and the next evaluation starts a new one"
+        )
+    return record
+
+
+def _best(path: Path) -> dict[str, Any]:
+    """``best.pt``, refused in one line when it is cut short or is not a student's checkpoint."""
+    try:
+        best = checkpoint.load(path)
+    except Exception as exc:  # a truncated zip, an empty file, a pickle weights_only refuses …
+        reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"cannot read {path} ({reason}): the file is cut short or damaged; copy it again from where the "
+            "run trained, or train the run again"
+        ) from None
+    if not isinstance(best, dict) or not isinstance(best.get("architecture"), dict):
+        raise ConfigError(f"{path} records no architecture (written by an older version)")
+    check_file_config(best["architecture"], path, prefix="architecture")  # shared files: built from below
+    return best
+
+
 def evaluate_run(target: str, overrides: list[str], tracking_uri: str | None = None) -> dict[str, Any]:
-    """Measure a finished run's student; write ``evaluation.json`` (+ figures) and log them into its
-    MLflow run, which stays FINISHED. Everything is checked before any data is read."""
+    """Measure a finished run's student; add what was measured to ``evaluation.json`` (+ figures) and log it
+    into its MLflow run, which stays FINISHED. Everything is checked before any data is read."""
     started = time.perf_counter()
     given = parse_overrides(overrides)
     run = locate(target, tracking_uri)
@@ -176,9 +236,12 @@ def evaluate_run(target: str, overrides: list[str], tracking_uri: str | None = N
     check_applicable(cfg, settings)
     trainer = build(cfg.trainer, "trainer")
     device = trainer.resolve_device()
-    best = checkpoint.load(run.folder / BEST)
-    if not isinstance(best.get("architecture"), dict):
-        raise ConfigError(f"{run.folder / BEST} records no architecture (written by an older version)")
+    best = _best(run.folder / BEST)
+    out = run.folder / EVALUATION
+    previous = _earlier(out)
+    earlier, notes = evaluation.earlier_measurements(previous)
+    if run.unlogged:
+        print(f"seal-exp: {run.unlogged}", file=sys.stderr, flush=True)
     source = build(cfg.dataset, "dataset")
     log.info("loading %s", cfg.dataset.name)
     data = source.load()
@@ -200,25 +263,48 @@ def evaluate_run(target: str, overrides: list[str], tracking_uri: str | None = N
         eval_limit=trainer.limit_eval_batches,
     )
     result = evaluation.measure(subject, settings)
+    measurements = evaluation.accumulated(earlier, result)
     title = f"{cfg.dataset.name}, {job_run_name(run.cfg, 'distill')}"
     figures_dir = run.folder / FIGURES
     figures_dir.mkdir(exist_ok=True)
-    drawn = evaluation.draw(result, figures_dir, title, run.summary.get("prefix_mean_test_acc"))
+    drawn = evaluation.draw(
+        result, figures_dir, title, run.summary.get("prefix_mean_test_acc"), measurements=measurements
+    )
+    asked = OmegaConf.to_container(cfg.eval, resolve=True)
+    asked.pop("_target_", None)
+    history = list((previous or {}).get("history") or [])  # one entry per evaluation, oldest first
+    history.append(
+        {
+            "evaluated_at": result.evaluated_at,
+            "wall_s": round(time.perf_counter() - started, 2),
+            "measured": list(result.measurements()),
+            "settings": asked,
+        }
+    )
     record = {
-        **result.as_dict(),
-        "settings": OmegaConf.to_container(cfg.eval, resolve=True),
-        "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "wall_s": round(time.perf_counter() - started, 2),
+        "format": evaluation.FORMAT,
         "mlflow_run_id": run.run_id,
+        "trained_T": result.trained_T,
+        "test_samples": result.samples_test,
+        "evaluated_at": result.evaluated_at,
+        **evaluation.headline(measurements),
+        "measurements": measurements,
+        "history": history,
     }
-    record["settings"].pop("_target_", None)
-    out = run.folder / EVALUATION
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    written = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # replaced whole: never half a record
+    written.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(written, out)
     if run.run_id and run.tracking_uri:
         _log_into(run, result.metrics(), [out, *drawn])
-    for line in result.lines():
-        print(line, flush=True)
-    where = f" | MLflow run {run.run_id} (still FINISHED)" if run.run_id and run.tracking_uri else ""
+    for line in [*notes, *result.lines(), evaluation.kept_line(measurements, result)]:
+        if line:
+            print(line, flush=True)
+    if run.run_id and run.tracking_uri:
+        where = f" | MLflow run {run.run_id} (still FINISHED)"
+    elif run.run_id:
+        where = f" | MLflow run {run.run_id}: not logged into (no store here)"
+    else:
+        where = ""
     print(f"{EVALUATION}: {out} | figures: {figures_dir}{where}", flush=True)
     return record
 

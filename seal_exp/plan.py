@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from seal_exp.config import ConfigError, build, check_numbers, check_top_level_keys, invalid
@@ -30,10 +30,11 @@ from seal_exp.run.distributed import SINGLE, Distributed, LaunchEnvironment
 from seal_exp.seeding import isolated_torch_rng
 from seal_exp.teacher import cache as teacher_cache
 from seal_exp.teacher import cached_logits
-from seal_exp.tracking import NoTracker
+from seal_exp.tracking import NoTracker, method_settings
 from seal_exp.training.settings import LoopSettings, TrainerSettings
 
 STAGES = ("distill", "teacher")
+SEED_MAX = 2**32 - 1  # numpy's seeds end here (the seed also seeds numpy and every loader worker)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class StudentPlan:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     cache_teacher_logits: bool  # trainer.cache_teacher_logits, resolved for this run
+    on_nonfinite: str  # what to change when its loss becomes non-finite (optim.lr, the method's settings)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class TeacherTraining:
     loop: LoopSettings
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    on_nonfinite: str  # what to change when its loss becomes non-finite (teacher.optim.lr)
 
 
 @dataclass
@@ -128,11 +131,13 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
     output folder.
     """
     check_top_level_keys(cfg)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= SEED_MAX:
+        raise invalid("seed", cfg.seed, f"use an integer from 0 to {SEED_MAX} (2**32 - 1)")
     check_numbers(cfg)
+    check_root(cfg.paths.root)
     if cfg.stage not in STAGES:
         raise invalid("stage", cfg.stage, f"choose one of {', '.join(STAGES)}")
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise invalid("seed", cfg.seed, "use an integer >= 0")
+    _check_schedule_floor(cfg, "sched")
     for switch in ("resume", "skip_finished", "resume_across_code_change"):
         if not isinstance(cfg.get(switch), bool):
             raise invalid(switch, cfg.get(switch), "use true or false")
@@ -187,6 +192,38 @@ def prepare(cfg: DictConfig, *, data: bool = True) -> Plan:
     return plan
 
 
+def check_root(root: Any) -> None:
+    """Refuse an empty ``paths.root``: ``outputs/``, ``mlflow.db`` and ``.cache/`` would land at the top of
+    the file system (``/outputs``, ``/mlflow.db``)."""
+    if not str(root).strip():
+        raise invalid(
+            "paths.root",
+            root,
+            "it is the folder that holds outputs/, mlflow.db and .cache/, and empty it puts them at the top "
+            "of the file system: leave it out (the checkout) or give a folder (paths.root=/abs/folder)",
+        )
+
+
+def _check_schedule_floor(cfg: DictConfig, key: str) -> None:
+    """A schedule's lowest learning rate (``eta_min``) must not be negative: torch's schedules take one and
+    turn the learning rate negative late in the run, which then climbs the loss instead of descending it."""
+    floor = OmegaConf.select(cfg, f"{key}.eta_min", default=None)
+    if isinstance(floor, int | float) and not isinstance(floor, bool) and floor < 0:
+        raise invalid(f"{key}.eta_min", floor, "the lowest learning rate must be >= 0 (0: anneal to zero)")
+
+
+def _nonfinite_advice(cfg: DictConfig, optim_key: str, method: bool) -> str:
+    """What to change when a loss becomes non-finite: the learning rate and, for the student, the method's
+    settings (a weight such as ``distiller.alpha=1e30`` overflows the loss), with their values."""
+    lr = OmegaConf.select(cfg, f"{optim_key}.lr", default=None)
+    advice = "lower the learning rate" + (f" ({optim_key}.lr={lr})" if lr is not None else "")
+    settings = method_settings(cfg) if method else {}
+    if settings:
+        listed = ", ".join(f"distiller.{k}={v}" for k, v in settings.items())
+        advice += f" or the method's settings ({listed})"
+    return f"{advice}, or check the inputs"
+
+
 def check_writable(key: str, path: Any, what: str) -> None:
     """Refuse a folder this run could not create or write into: now, not after the data was read or the
     model trained. A folder still to be created counts by its nearest existing ancestor."""
@@ -227,6 +264,16 @@ def _teacher_plan(cfg: DictConfig, world: int, sync_bn: bool, dataset: Any) -> T
         return TeacherPlan(model, source, teacher_cache.load_into(model, source, cfg, fingerprint), None)
     check_writable("teacher.cache_dir", source.path.parent, "the cache of the teacher this run trains")
     loop = build(cfg.teacher.recipe, "teacher.recipe")
+    if loop.epochs == 0 and not cfg.teacher.model.get("weights"):
+        raise invalid(
+            "teacher.recipe.epochs",
+            0,
+            "the teacher would be cached untrained (random weights, chance accuracy) and distilled from: "
+            "train it (teacher.recipe.epochs >= 1), give a trained one (teacher.checkpoint=/path/"
+            "teacher.pt), or use pretrained weights as they are (teacher=timm teacher.model.weights="
+            "/path/file.safetensors)",
+        )
+    _check_schedule_floor(cfg, "teacher.sched")
     _check_global_batch(
         "teacher.recipe.batch_size",
         loop.batch_size,
@@ -237,7 +284,8 @@ def _teacher_plan(cfg: DictConfig, world: int, sync_bn: bool, dataset: Any) -> T
         convert_sync_batch_norm(model)
     optimizer = build(cfg.teacher.optim, "teacher.optim", modules=[model])
     scheduler = build(cfg.teacher.sched, "teacher.sched", optimizer=optimizer)
-    return TeacherPlan(model, source, None, TeacherTraining(loop, optimizer, scheduler))
+    advice = _nonfinite_advice(cfg, "teacher.optim", method=False)
+    return TeacherPlan(model, source, None, TeacherTraining(loop, optimizer, scheduler, advice))
 
 
 def _student_plan(
@@ -258,4 +306,5 @@ def _student_plan(
     cache_teacher_logits = cached_logits.resolve(setting, dataset, distiller)
     optimizer = build(cfg.optim, "optim", modules=distiller.learnable_modules())
     scheduler = build(cfg.sched, "sched", optimizer=optimizer)
-    return StudentPlan(student, distiller, optimizer, scheduler, cache_teacher_logits)
+    advice = _nonfinite_advice(cfg, "optim", method=True)
+    return StudentPlan(student, distiller, optimizer, scheduler, cache_teacher_logits, advice)

@@ -2,7 +2,10 @@
 
 Every job with its swept keys and results, the mean ± sd over seeds of each combination, and heatmaps of
 the mean test accuracy, written as report.md, report.csv and report_heatmap.png and attached to the
-sweep's parent MLflow run (:mod:`seal_exp.results.sweep_report` makes them).
+sweep's parent MLflow run (:mod:`seal_exp.results.sweep_report` makes them). A job whose summary.json
+(or evaluation.json) is not JSON is listed as unreadable, left out of the tables, and named on stderr
+with what to do; the report goes on (exit 0). A folder that is no sweep, or a damaged
+``.hydra/overrides.yaml``, stops it with exit 2.
 
     python -m seal_exp.report multirun/2026-11-21/10-00-00
     python -m seal_exp.report 3f2a…c9 --out reports/alpha-beta           # the sweep's parent MLflow run
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as exc:
         print(f"seal-exp: {exc}", file=sys.stderr)
         return 2
+    for job in sweep.unreadable:  # reported as unreadable, left out of the tables: said once more here
+        print(f"seal-exp: warning: job {job.name} left out: {job.note}", file=sys.stderr)
     names = ", ".join(p.name for p in result.files)
     where = f" and attached to MLflow run {result.attached_to} under report/" if result.attached_to else ""
     print(f"{result.markdown}\nreport files: {names} in {out_dir.resolve()}{where}")

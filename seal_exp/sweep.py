@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seal_exp.sweep", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser(
-        "status", help="each job: finished / running / dead / killed / failed / missing / other data"
+        "status", help="each job: finished / running / queued / dead / killed / failed / missing / other data"
     )
     show.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seal-exp: {exc}", file=sys.stderr)
         return 2
     print(sweep_status.format_table(jobs, sweep_status.relaunch_command(args.sweep_dir)))
+    note = sweep_status.launcher_note(args.sweep_dir)
+    if note:
+        print(note)
     return 0
 
 

@@ -7,18 +7,16 @@ read a sweep's parent run back and attach files to it, for the reports that come
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import json
 import logging
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -26,13 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from seal_exp.config import CONF_DIR, ConfigError, build, flatten, invalid, project_root, require
-from seal_exp.notation import display_key
+from seal_exp.config import CONF_DIR, ConfigError, RunFailed, flatten, invalid, project_root, require
+from seal_exp.notation import SMOKE, display_key, is_smoke
 from seal_exp.run_controls import is_run_control
 
 log = logging.getLogger(__name__)
@@ -43,7 +39,7 @@ MAX_PARAM_CHARS = 6000
 T = TypeVar("T")
 # MLflow 3's UI opens an experiment of this kind on its runs table (not on the GenAI pages)
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-STUDENT_MODEL = "student"  # the name of each run's logged model
+STUDENT_MODEL = "student"  # the folder a run's logged model is saved from
 IDENTITY_TAG = "seal.identity"  # a job's identity (seal_exp.run.identity): how relaunches find earlier runs
 
 
@@ -98,22 +94,28 @@ class NoTracker:
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (+driver allowed)
 ACCEPTED_URIS = (
     "sqlite:////abs/path/mlflow.db (the default, tracking=mlflow), an absolute folder or file:///abs/folder "
-    "(MLflow's file store), http(s)://host:port (an MLflow server, tracking=mlflow_server), "
+    "(MLflow's file store, with MLFLOW_ALLOW_FILE_STORE=true), http(s)://host:port (an MLflow server, "
+    "tracking=mlflow_server), "
     "postgresql://, mysql://, mssql:// (a database MLflow can use), or databricks[://profile]"
 )
 FAILURE_TAG = "seal.failure"  # why a run was closed as FAILED from outside it (mark_failed)
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 STORE_LOCK_TIMEOUT_S = 300.0  # creating or upgrading a SQLite store takes seconds; a stuck holder is a bug
 LOCKED_RETRY_S = 60.0  # how long a call keeps retrying a busy SQLite store (on top of its own busy timeout)
-SERVER_PROBE_TIMEOUT_S = 5.0  # a server that does not answer /health in this long is taken as down
+SERVER_PROBE_TIMEOUT_S = 5.0  # a server (or database) that does not answer in this long is taken as down
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # where a database URI without a port points
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
-def log_metrics_into(client: Any, run_id: str, metrics: dict[str, float], step: int) -> None:
-    """``metrics`` at ``step`` into a run, whatever its status (in batches; a busy store is retried)."""
+def log_metrics_into(
+    client: Any, run_id: str, metrics: dict[str, float], step: int, model_id: str | None = None
+) -> None:
+    """``metrics`` at ``step`` into a run, whatever its status (in batches; a busy store is retried);
+    ``model_id``: also shown on that logged model's page."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    items = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):
         _retrying(client.log_batch, run_id, metrics=items[i : i + 1000])
 
@@ -127,14 +129,63 @@ def _scheme(uri: str) -> str:
     return uri.split("://", 1)[0].split("+", 1)[0].lower()
 
 
-def _is_locked(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) is SQLite saying another process holds the database."""
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps, outermost first."""
     chain: list[BaseException] = []
     cause: BaseException | None = exc
     while cause is not None and cause not in chain:  # a chain can loop back on itself
         chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    return any("database is locked" in str(e) or "database table is locked" in str(e) for e in chain)
+        # SQLAlchemy keeps the database driver's exception as ``orig``
+        cause = cause.__cause__ or cause.__context__ or getattr(cause, "orig", None)
+    return chain
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is SQLite saying another process holds the database."""
+    return any("database is locked" in str(e) or "database table is locked" in str(e) for e in _chain(exc))
+
+
+class StoreFault(RunFailed):
+    """The tracking store stopped working while a job used it (a read-only remount, a damaged file, a
+    database or server gone): one line saying so, and what to do."""
+
+
+# what to do, by what went wrong with a store (see _store_failure)
+STORE_ADVICE = {
+    "unwritable": "its file or folder can no longer be opened or written (a read-only remount, a full disk, "
+    "a moved or deleted file): make it writable again",
+    "damaged": "its file is damaged: restore it from a backup, or point tracking.uri at a new file (the run "
+    "folders keep every result)",
+    "busy": f"another process held it for over {LOCKED_RETRY_S:.0f} s: let that process finish",
+    "unreachable": "the database or server stopped answering: bring it back, or point tracking.uri elsewhere",
+}
+
+
+def _store_failure(exc: BaseException) -> tuple[str, str] | None:
+    """What went wrong with a store, as (``STORE_ADVICE`` key, the store's own words), when ``exc`` is the
+    store failing (SQLite's errors, a database connection, a server connection); None for anything else."""
+    import sqlite3
+
+    chain = _chain(exc)
+    for cause in chain:  # SQLite's own words, wherever MLflow and SQLAlchemy wrapped them
+        if isinstance(cause, sqlite3.DatabaseError):
+            text = _first_line(cause)
+            kind = "damaged" if "malformed" in text or "not a database" in text else "unwritable"
+            return ("busy" if "locked" in text else kind), f"{text} (SQLite)"
+    for cause in chain:
+        module, name = type(cause).__module__.split(".", 1)[0], type(cause).__name__
+        if module == "sqlalchemy" and name in ("OperationalError", "InterfaceError"):
+            driver = getattr(cause, "orig", None) or cause  # the database driver's exception
+            return "unreachable", f"{_first_line(driver)[:200]} ({type(driver).__name__})"
+        if module in ("requests", "urllib3") and name in ("ConnectionError", "ConnectTimeout"):
+            return "unreachable", f"{_first_line(cause)[:200]} ({name})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line (its type's name when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -149,7 +200,14 @@ def _retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             return fn(*args, **kwargs)
         except Exception as exc:
             if not _is_locked(exc) or time.monotonic() + delay > deadline:
-                raise
+                failure = _store_failure(exc)
+                if failure is None:
+                    raise
+                kind, words = failure
+                raise StoreFault(
+                    f"the MLflow tracking store (tracking.uri) failed: {words}; {STORE_ADVICE[kind]}, then "
+                    "run the same command again (a training run resumes from its last checkpoint)"
+                ) from exc
             log.info("MLflow store busy (%s); retrying in %.1f s", getattr(fn, "__name__", fn), delay)
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
@@ -158,11 +216,14 @@ def _retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 class MLflowTracker:
     """Records a job in an MLflow store (by default the project's ``mlflow.db``).
 
-    The URI's kind and, for a local store, whether its folder can be written are checked when the tracker
-    is built, before any data is read; a server is probed on first contact, so a wrong address fails in
-    seconds rather than after MLflow's minutes of HTTP retries. A SQLite store is created (and its schema
-    upgraded) under a file lock, since parallel jobs starting on a fresh store otherwise race MLflow's
-    migrations and leave it unusable; the calls made while training retry a busy database.
+    The URI's kind and, for a local store, what stands at its path (a SQLite file, a writable folder) and,
+    for a database, its driver are checked when the tracker is built, before any data is read; a server or
+    database is probed on first contact, so a wrong address fails in seconds rather than after MLflow's
+    minutes of retries, and a store that cannot be used (damaged, missing credentials) is refused there
+    naming ``tracking.uri``. A SQLite store is created (and its schema upgraded) under a file lock, since
+    parallel jobs starting on a fresh store otherwise race MLflow's migrations and leave it unusable; the
+    calls made while training retry a busy database, and a store that fails mid-job ends it with one
+    line (:class:`StoreFault`).
 
     ``writable=False``: the store is only read (a status report), so a read-only store is fine.
     """
@@ -217,7 +278,9 @@ class MLflowTracker:
         )
         self.system_metrics_every_s = every
         self._system: Any = None
+        self.model_id: str | None = None  # the run's logged student, once logged
         self.uri, self.experiment, self.artifact_location = uri, experiment, artifact_location
+        self._check_store_kind()
         if (
             artifact_location is None and scheme == "sqlite"
         ):  # MLflow's default is ./mlruns, wherever one stands
@@ -227,6 +290,7 @@ class MLflowTracker:
         self.run_id: str | None = None
         self._client: Any = None
         self._artifacts_failed = False
+        self._logged_steps: dict[str, set[int]] | None = None  # reattached: steps logged per metric
 
     def _store_path(self) -> Path | None:
         """The SQLite file or file-store folder on this machine; None for a server or a remote database."""
@@ -236,6 +300,54 @@ class MLflowTracker:
         if scheme in ("", "file"):
             return Path(_local_path(self.uri))
         return None
+
+    def _check_store_kind(self) -> None:
+        """Refuse, without contacting it, a store MLflow would fail on at first contact: a folder (MLflow's
+        file store) unless MLflow is told to open one, a file URI naming a host, a SQLite URI at a folder or
+        at a file that is no database, a database whose driver is not installed."""
+        uri, scheme, store = self.uri, _scheme(self.uri), self._store_path()
+        if scheme == "file":
+            host = urllib.parse.urlparse(uri).netloc
+            require(
+                host in ("", "localhost"),
+                "uri",
+                uri,
+                f"it names the host {host!r}; a folder on this machine is file:///abs/folder (three slashes)",
+            )
+        if scheme in ("", "file"):
+            from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+            require(
+                MLFLOW_ALLOW_FILE_STORE.get(),
+                "uri",
+                uri,
+                "MLflow opens a folder as its store (the file store) only with MLFLOW_ALLOW_FILE_STORE=true "
+                f"exported: use a SQLite file there (sqlite:///{store}/mlflow.db), or export that variable",
+            )
+        if scheme == "sqlite" and store is not None:
+            require(
+                not store.is_dir(),
+                "uri",
+                uri,
+                f"{store} is a folder; name the database file in it (sqlite:///{store}/mlflow.db)",
+            )
+            require(
+                _file_start(store, len(SQLITE_HEADER)) in (b"", SQLITE_HEADER),
+                "uri",
+                uri,
+                f"{store} is not a SQLite database (an MLflow store is one): point tracking.uri at the "
+                "project's mlflow.db, or at a new file",
+            )
+        if scheme in DB_PORTS:
+            missing = _missing_driver(uri)
+            require(
+                missing is None,
+                "uri",
+                _without_password(uri),
+                f"SQLAlchemy cannot use it ({missing}): install the database's driver (postgresql: pip "
+                "install 'psycopg[binary]'; mysql: pip install pymysql and mysql+pymysql://...), or use "
+                "tracking=mlflow for the project's SQLite store",
+            )
 
     def _check_writable(self) -> None:
         """Refuse a local store this process cannot write, up front and naming the folder."""
@@ -266,14 +378,83 @@ class MLflowTracker:
             scheme = _scheme(self.uri)
             if scheme in ("http", "https"):
                 self._probe_server()
+            if scheme in DB_PORTS:
+                self._probe_database()
+            # MLflow says INFO when it creates or upgrades a store ("Creating initial MLflow database
+            # tables..."): not this job's news, so its own loggers keep to warnings
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            # a failing store is reported here in one line: MLflow's own tracebacks of it (its SQL store
+            # logs each database error with one) and its Databricks fallback's warning are left out
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+            logging.getLogger("mlflow.utils.databricks_utils").setLevel(logging.ERROR)
             store = self._store_path()
-            if scheme == "sqlite" and store is not None:
-                store.parent.mkdir(parents=True, exist_ok=True)
-                with self._store_lock():  # MlflowClient builds the store: MLflow's migrations run here
-                    self._client = MlflowClient(tracking_uri=self.uri)
-            else:
-                self._client = MlflowClient(tracking_uri=self.uri)
+            try:
+                if scheme == "sqlite" and store is not None:
+                    store.parent.mkdir(parents=True, exist_ok=True)
+                    with self._store_lock():  # MlflowClient builds the store: MLflow's migrations run here
+                        # SQLite creates a database 0o644 whatever the umask (its journals copy that mode):
+                        # created here first, the file gets what open() gives (0o664 under umask 002), so
+                        # a group can share the store
+                        store.touch(exist_ok=True)
+                        client = MlflowClient(tracking_uri=self.uri)
+                else:
+                    client = MlflowClient(tracking_uri=self.uri)
+                _retrying(client.search_experiments, max_results=1)  # first contact: can it be used?
+            except Exception as exc:
+                raise self._unusable(exc) from exc
+            self._client = client
         return self._client
+
+    def _unusable(self, exc: BaseException) -> ConfigError:
+        """A store that failed at first contact, as one line naming ``tracking.uri``: what it said, and
+        what to do (nothing of the job has run yet)."""
+        failure = _store_failure(exc)
+        words = failure[1] if failure else _first_words(exc)
+        scheme = _scheme(self.uri)
+        if failure and failure[0] == "damaged":
+            advice = STORE_ADVICE["damaged"]
+        elif scheme == "sqlite":
+            advice = "point tracking.uri at a SQLite file this machine can create and write"
+        elif scheme in ("databricks", "databricks-uc", "uc"):
+            advice = (
+                "give Databricks credentials (DATABRICKS_HOST and DATABRICKS_TOKEN, or `databricks auth "
+                "login` and databricks://<profile>)"
+            )
+        elif scheme in ("http", "https"):
+            advice = (
+                "check the address and the credentials (MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD)"
+            )
+        elif scheme in DB_PORTS:
+            advice = "check the user, password and database named in the URI, and that the database is up"
+        else:
+            advice = "point tracking.uri at a folder this machine can write"
+        other = "tracking=mlflow (the project's SQLite store)" if scheme != "sqlite" else "tracking=none"
+        return invalid(
+            "tracking.uri",
+            _without_password(self.uri),
+            f"the MLflow store there cannot be used ({words}): {advice}, or run with {other}",
+        )
+
+    def _probe_database(self) -> None:
+        """Fail in seconds, naming ``tracking.uri``, when nothing listens at a database's host and port
+        (MLflow retries a database connection for long)."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.uri)
+        if not url.host:  # a local socket: the connection itself says
+            return
+        port = url.port or DB_PORTS[_scheme(self.uri)]
+        try:
+            socket.create_connection((url.host, port), timeout=SERVER_PROBE_TIMEOUT_S).close()
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise invalid(
+                "tracking.uri",
+                _without_password(self.uri),
+                f"no database answers at {url.host}:{port} ({why}): start it, or correct the host and port, "
+                "or use tracking=mlflow for the project's SQLite store",
+            ) from exc
 
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
@@ -375,6 +556,7 @@ class MLflowTracker:
         run = _retrying(self.client.create_run, self.experiment_id(), run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self._artifacts_failed = False
+        self._logged_steps = None  # a new run: nothing logged before this attempt
         items = [
             Param(k, v if len(v) <= MAX_PARAM_CHARS else v[: MAX_PARAM_CHARS - 1] + "…")
             for k, v in params.items()
@@ -433,6 +615,7 @@ class MLflowTracker:
             return False
         self.run_id = run_id
         self._artifacts_failed = False
+        self._logged_steps = {}  # what earlier attempts logged, read per metric when first logged again
         _retrying(self.client.update_run, run_id, status="RUNNING")
         resumed = int(run.data.tags.get("resumed", "0")) + 1
         for key, value in {**tags, "resumed": str(resumed)}.items():
@@ -442,8 +625,27 @@ class MLflowTracker:
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log ``metrics`` at ``step`` on the active run."""
-        log_metrics_into(self.client, self.run_id, metrics, step)
+        """Log ``metrics`` at ``step`` on the active run.
+
+        In a reattached run, a point an earlier attempt logged already is not logged again: an attempt
+        that died after logging an epoch but before its checkpoint (a failed write, a kill) trains that
+        epoch again, and its metric history keeps one value per step. Step 0 holds run-level figures
+        (wall time, measures), where the later attempt's value is the one to show: it is logged again.
+        """
+        if self._logged_steps is not None and step != 0:
+            metrics = {k: v for k, v in metrics.items() if step not in self._steps_logged(k)}
+            for key in metrics:
+                self._logged_steps[key].add(step)
+        if metrics:  # after the student is logged, its figures (summary, measures) are its model's too
+            log_metrics_into(self.client, self.run_id, metrics, step, self.model_id)
+
+    def _steps_logged(self, key: str) -> set[int]:
+        """The steps at which the reattached run holds a value of ``key`` (read once per key)."""
+        assert self._logged_steps is not None
+        if key not in self._logged_steps:
+            history = _retrying(self.client.get_metric_history, self.run_id, key)
+            self._logged_steps[key] = {int(m.step) for m in history}
+        return self._logged_steps[key]
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tag the active run with what is learnt while it runs (the data's fingerprint, once read)."""
@@ -555,18 +757,20 @@ class MLflowTracker:
             )
 
     def _logged_model(self, folder: Path) -> Any:
-        """``folder`` (a saved MLflow model) as the run's logged model ``student``: the UI's Models column,
-        ``runs:/<run id>/student`` and ``models:/<model id>`` find it."""
+        """``folder`` (a saved MLflow model) as the run's logged model, named after the run, with its
+        params: the UI's Models column, ``runs:/<run id>/<model name>`` and ``models:/<model id>`` find it."""
         from mlflow.entities import LoggedModelOutput
 
         run = self.client.get_run(self.run_id)
         model = _retrying(
             self.client.create_logged_model,
             run.info.experiment_id,
-            name=STUDENT_MODEL,
+            name=model_name(run.info.run_name),
             source_run_id=self.run_id,
+            params=dict(run.data.params),
             model_type="spiking student",
         )
+        self.model_id = model.model_id
         self.client.log_model_artifacts(model.model_id, str(folder))
         _retrying(self.client.finalize_logged_model, model.model_id, "READY")
         _retrying(self.client.log_outputs, self.run_id, [LoggedModelOutput(model.model_id, step=0)])
@@ -624,6 +828,60 @@ class MLflowTracker:
                 self.client.log_text(self.run_id, error, "traceback.txt")
         except Exception as exc:
             log.warning("MLflow run %s is %s; its traceback was not attached: %s", self.run_id, status, exc)
+
+
+def _file_start(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of a file; empty for a file that is missing, empty or cannot be read."""
+    try:
+        with path.open("rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def _missing_driver(uri: str) -> str | None:
+    """Why SQLAlchemy cannot reach a database URI's kind (its driver is not installed, an unknown driver
+    name, a malformed URI); None when it can."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except Exception as exc:  # ImportError, NoSuchModuleError, ArgumentError
+        return _first_words(exc)
+    return None
+
+
+def _without_password(uri: str) -> str:
+    """A database URI as shown in messages: its password hidden."""
+    if _scheme(uri) not in DB_PORTS:
+        return uri
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:  # not parseable: shown as given (it holds no password SQLAlchemy could find)
+        return uri
+
+
+def _first_words(exc: BaseException) -> str:
+    """An error's first line (its first sentence if that line is long), with its type: for one-line
+    messages."""
+    if not str(exc).strip():
+        return type(exc).__name__
+    text = _first_line(exc)
+    if len(text) > 160 and ". " in text[:160]:
+        text = text[: text.index(". ") + 1]
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+# characters MLflow refuses in a logged model's name (mlflow.utils.validation)
+_NOT_IN_MODEL_NAMES = str.maketrans({".": ",", "/": "-", ":": "-", "%": "-", '"': "", "'": ""})
+
+
+def model_name(run_name: str | None) -> str:
+    """A run's logged model named after the run (``seal α=0,6 β=0,15 τ=3 T=4 seed=0``): MLflow refuses
+    dots in model names, so decimals take a comma."""
+    return (run_name or STUDENT_MODEL).translate(_NOT_IN_MODEL_NAMES).strip() or STUDENT_MODEL
 
 
 def _local_path(uri: str) -> str:
@@ -720,7 +978,8 @@ def method_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def job_run_name(cfg: DictConfig, stage: str) -> str:
     """``seal α=0.6 β=0.15 τ=3 T=4 seed=0``, plus whatever else the job's overrides change
-    (``lr=0.05``); a teacher-only run: ``teacher cnn seed=0``."""
+    (``lr=0.05``); a teacher-only run: ``teacher cnn seed=0``; ``[smoke] …`` for a run cut short
+    (``debug=smoke``, ``limit_*_batches``), whose numbers are no result."""
     overrides = _job_overrides(cfg)
     if stage == "teacher":
         parts = ["teacher", str(cfg.teacher.arch), f"seed={cfg.seed}"]
@@ -741,7 +1000,7 @@ def job_run_name(cfg: DictConfig, stage: str) -> str:
     for key, value in extra:
         short = display_key(key)
         parts.append(f"{short if taken.count(short) == 1 else key}={value}")
-    return " ".join(parts)[:250]
+    return " ".join([SMOKE, *parts] if is_smoke(cfg) else parts)[:250]
 
 
 def swept_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -799,162 +1058,6 @@ def job_context() -> dict[str, Any]:
             marker = Path(hc.sweep.dir) / PARENT_RUN_FILE
             parent = marker.read_text().strip() if marker.is_file() else None
     return {"tags": tags, "parent_run_id": parent}
-
-
-class MLflowSweepCallback(Callback):
-    """Opens one parent MLflow run per multirun, so its jobs appear together in ``mlflow ui``.
-
-    The parent's id is written to ``<sweep dir>/mlflow_parent_run_id``, where every job (in this
-    process or on a cluster node) finds it. Creating the store and experiment here, before any job
-    starts, also avoids parallel jobs racing to create them.
-    """
-
-    def __init__(self) -> None:
-        self._tracker: MLflowTracker | None = None
-        self._failed = False
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Open the parent run; a tracking store the jobs could not use either (a bad ``tracking.uri``, a
-        server that does not answer, a read-only store) stops the sweep here, before any job starts.
-
-        Hydra turns a callback's exception into a warning, so the stop is a ``SystemExit`` (exit 2).
-        """
-        try:
-            tracker = build(config.tracking, "tracking")
-            if not isinstance(tracker, MLflowTracker):
-                return
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            tags = {
-                "sweep.dir": str(sweep_dir.resolve()),
-                "sweep.parent": "true",
-                "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
-                **git_tags(),
-            }
-            overrides = list(config.hydra.overrides.task)
-            method = config.hydra.runtime.choices.get("distiller") if "runtime" in config.hydra else None
-            swept = swept_overrides(overrides)
-            if swept:
-                tags["sweep.keys"] = " ".join(swept)
-            run_id = tracker.open_parent(sweep_run_name(overrides, method, time.time()), tags)
-        except ConfigError as exc:
-            message = f"{str(exc).rstrip('.')}. No job of the sweep was started."
-            print(f"seal-exp: configuration error: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(run_id)
-        (sweep_dir / TRACKING_URI_FILE).write_text(tracker.uri)
-        tracker.run_id = run_id
-        self._tracker = tracker
-        atexit.register(self._close_at_exit)  # the sweep raised or was stopped before on_multirun_end
-        self._stop_on_signals(sweep_dir, on_cluster="Slurm" in str(config.hydra.launcher.get("_target_", "")))
-        log.info("MLflow parent run %s for sweep %s", run_id, sweep_dir)
-
-    def _stop_on_signals(self, sweep_dir: Path, on_cluster: bool) -> None:
-        """SIGTERM or SIGINT to the launching process (``kill``, Ctrl-C, a login session ending) closes the
-        parent run KILLED with one line, instead of leaving it RUNNING forever. Jobs already handed to
-        SLURM are not this process's to stop: they run on, and the line says how to follow them; the
-        local launcher's jobs stop with it.
-        (A job the in-process launcher is running handles the signal itself, see ``train.main``.)"""
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def stop(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            MLflowSweepCallback.stopped_by = signum
-            if not on_cluster:
-                _stop_local_jobs(signum)
-            run_id = self._tracker.run_id if self._tracker else None
-            self._close("KILLED")
-            line = f"seal-exp: sweep stopped by {name}; its MLflow parent run {run_id} is KILLED."
-            if on_cluster:
-                line += (
-                    " Jobs already submitted keep running (scancel them to stop them): follow them with "
-                    f"`python -m seal_exp.sweep status {sweep_dir}`; the same sweep command trains what "
-                    "is missing."
-                )
-            else:
-                line += " Its jobs stop with it; the same sweep command resumes them from their checkpoints."
-            print(line, file=sys.stderr, flush=True)
-            raise SystemExit(128 + signum)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            if signal.getsignal(signum) != signal.SIG_IGN:  # nohup's choices stay
-                signal.signal(signum, stop)
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.FAILED:
-            self._failed = True
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._close("FAILED" if self._failed else "FINISHED")
-
-    refused_jobs = 0  # jobs of this process's sweep that refused their config (train.main counts them)
-    stopped_by: int | None = None  # the signal that stopped this process's sweep (or one of its jobs)
-
-    def _close_at_exit(self) -> None:
-        self._close("KILLED" if MLflowSweepCallback.stopped_by else "FAILED")
-
-    def _close(self, status: str) -> None:
-        """Close the parent run. A sweep that failed because its jobs refused their config, none getting
-        as far as its own run, leaves nothing to look at: its empty parent is deleted instead."""
-        tracker, self._tracker = self._tracker, None
-        if tracker is None:
-            return
-        tracker.finish(status)
-        if status == "FAILED" and MLflowSweepCallback.refused_jobs and not tracker.has_children():
-            _retrying(tracker.client.delete_run, tracker.run_id)
-            log.warning("no job of the sweep started a tracked run: its empty MLflow parent run was deleted")
-
-
-def _stop_local_jobs(signum: int, wait_s: float = 120.0) -> None:
-    """Pass the signal to this process's children (submitit's local job controllers, which pass it to
-    their tasks) and wait for them: each job checkpoints and closes its run before the sweep's parent
-    is closed. Linux's ``/proc`` lists them; elsewhere the jobs are left to submitit."""
-
-    def children() -> list[int]:
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-            except (OSError, IndexError, ValueError):
-                continue
-            if int(ppid) == os.getpid() and state != "Z":
-                found.append(int(stat.parent.name))
-        return found
-
-    running = children()
-    for pid in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
-    deadline = time.monotonic() + wait_s
-    while running and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = set(children())
-        running = [pid for pid in running if pid in alive]
-
-
-# The runs table as a comparison: every trained student (sweep parents and teacher-only runs aside, so
-# no job hides under a collapsed parent), the best selected test accuracy first.
-RUNS_TABLE_QUERY = urllib.parse.urlencode(
-    {"searchFilter": 'tags.stage = "distill"', "orderByKey": "metrics.`test_acc`", "orderByAsc": "false"},
-    quote_via=urllib.parse.quote,
-)
-
-
-def runs_tables(uri: str, base_url: str) -> list[str]:
-    """One line per experiment of the store: its name, how many runs, and the URL of its runs table in
-    ``mlflow ui``, students sorted by selected test accuracy (what ``make ui`` prints first)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    lines = []
-    for experiment in all_pages(client.search_experiments):
-        runs = all_pages(client.search_runs, [experiment.experiment_id])
-        if not runs:
-            continue
-        url = f"{base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs?{RUNS_TABLE_QUERY}"
-        lines.append(f"{experiment.name}: {len(runs)} runs  {url}")
-    return lines or [f"no runs yet in {uri}: `make train` makes one"]
 
 
 def default_tracking_uri() -> str:

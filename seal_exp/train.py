@@ -8,6 +8,12 @@ is read), the job (skip, resume, tracked run), the data, the teacher, the studen
 
 from __future__ import annotations
 
+# first, before the imports below take seconds (torch, MLflow): from here on the cluster's pre-timeout
+# signal is recorded, not fatal, however soon after the job's start it comes
+import seal_exp.run.early_preemption  # noqa: F401
+
+# isort: split
+
 import logging
 import os
 import shutil
@@ -20,22 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from seal_exp import trained
-from seal_exp.config import ConfigError
+from seal_exp.config import ConfigError, RunFailed, project_root
 from seal_exp.data import DataSplits
 from seal_exp.measures import evaluation
-from seal_exp.plan import Plan, check_writable, prepare
-from seal_exp.run import checkpoint, distributed, session
+from seal_exp.notation import is_smoke
+from seal_exp.plan import Plan, check_root, check_writable, prepare
+from seal_exp.run import checkpoint, distributed, session, startup
 from seal_exp.run import files as run_files
 from seal_exp.run.claim import JobRunning
 from seal_exp.run.distributed import Distributed
+from seal_exp.run.preemption import STOP_SIGNALS, Guard
 from seal_exp.run.session import Job
 from seal_exp.seeding import seed_rank
+from seal_exp.sweep_launch import SweepLaunchCallback
 from seal_exp.teacher import cached_logits
 from seal_exp.teacher.training import TeacherStage
-from seal_exp.tracking import MLflowSweepCallback, NoTracker, job_run_name
+from seal_exp.tracking import NoTracker, job_run_name
 from seal_exp.training.loop import Fit, FitResult, fit
 
 log = logging.getLogger("seal_exp")
@@ -57,17 +69,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not dist.is_main:  # rank 0 tracks, checkpoints and reports; the others train and say little
             plan.tracker = NoTracker()
             log.setLevel(logging.WARNING)
-        job = session.open_job(cfg, plan.tracker, dist, started, plan.dataset.fingerprint)
-        if job.finished is not None:  # skip_finished: an earlier run of this job has the result
-            return job.finished
-        session.start_tracking(cfg, plan.tracker, job, job_run_name(cfg, plan.stage), plan.tags())
-        with session.tracked(plan.tracker, job, dist) as should_stop:
-            summary = _stages(cfg, plan, job, should_stop, dist)
+        # a stop or pre-timeout signal is acted on wherever it comes: at the next step boundary while a
+        # training loop runs, at once elsewhere, after closing the run once the results are written
+        with session.guarded(plan.tracker, dist) as guard:
+            job = session.open_job(cfg, plan.tracker, dist, started, plan.dataset.fingerprint)
+            if job.finished is not None:  # skip_finished: an earlier run of this job has the result
+                return job.finished
+            session.start_tracking(cfg, plan.tracker, job, job_run_name(cfg, plan.stage), plan.tags())
+            summary = _stages(cfg, plan, job, guard, dist)
             session.record_summary(summary, plan.tracker, job, dist)
-        if dist.is_main:
-            line = session.last_line(summary, job.out, plan.tracker.run_id)
-            print(line, flush=True)
-            _into_log_files(line)
+            session.finish(plan.tracker, guard)
+            if dist.is_main:
+                line = session.last_line(summary, job.out, plan.tracker.run_id)
+                print(line, flush=True)
+                _into_log_files(line)
+            session.stop_if_signalled(guard, plan.tracker)
         return summary
     finally:
         if job is not None and job.claim is not None:
@@ -75,17 +91,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dist.close()
 
 
-def _into_log_files(line: str) -> None:
-    """The result line in ``train.log`` too (Hydra's file handler): the console has it from ``print``."""
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None)
+def _into_log_files(line: str, level: int = logging.INFO) -> None:
+    """A line the console has from ``print`` (the result, a failure) in ``train.log`` too (Hydra's file
+    handler)."""
+    record = log.makeRecord(log.name, level, __file__, 0, line, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
 
 
-def _stages(
-    cfg: DictConfig, plan: Plan, job: Job, should_stop: Callable[[], bool], dist: Distributed
-) -> dict[str, Any]:
+def _stages(cfg: DictConfig, plan: Plan, job: Job, guard: Guard, dist: Distributed) -> dict[str, Any]:
     """Data, then the teacher (when the run has one), then the student (``stage=distill``)."""
     log.info("loading %s", cfg.dataset.name)
     data = plan.dataset.load()
@@ -110,17 +125,23 @@ def _stages(
         "stage": plan.stage,
         "dataset": str(cfg.dataset.name),
         "data_split_id": data.split_id,
+        "smoke": is_smoke(cfg),  # cut short (debug=smoke, limit_*_batches): reports mark it [smoke]
     }
     summary["teacher_test_acc"] = None
+    # "stop now?", asked at every step boundary; the first time, the job's start-up is recorded (the
+    # launcher weighs time limits against it)
+    poll = guard.requested
+    if dist.is_main:
+        poll = startup.timing_first_step(guard.requested, str(cfg.paths.cache), str(cfg.dataset.name))
     if plan.teacher is not None:
         fingerprint = dist.share(job.data)
-        stage = TeacherStage(cfg, plan, data, fingerprint, val_loader, test_loader, should_stop, dist)
-        with job.timing_teacher():
+        stage = TeacherStage(cfg, plan, data, fingerprint, val_loader, test_loader, poll, dist)
+        with job.timing_teacher(), guard.at_step_boundaries():
             summary |= stage.obtain()
     if plan.stage == "teacher":
         return summary | {"epochs": int(cfg.teacher.recipe.epochs)}
     loaders = (val_loader, test_loader)
-    return summary | _student(cfg, plan, job, data, loaders, should_stop, dist, summary["teacher_test_acc"])
+    return summary | _student(cfg, plan, job, data, loaders, guard, poll, dist, summary["teacher_test_acc"])
 
 
 def _student(
@@ -129,7 +150,8 @@ def _student(
     job: Job,
     data: DataSplits,
     loaders: tuple[Any, Any],
-    should_stop: Callable[[], bool],
+    guard: Guard,
+    poll: Callable[[], bool],
     dist: Distributed,
     teacher_acc: float | None,
 ) -> dict[str, Any]:
@@ -165,12 +187,14 @@ def _student(
         test_every_epoch=s.test_every_epoch and not data.val_is_test,
         checkpoint_dir=job.out,
         checkpoint_every_steps=s.checkpoint_every_steps,
-        should_stop=should_stop,
+        should_stop=poll,
         checkpoint_extra=lambda: session.checkpoint_record(plan.tracker, job),
-        best_extra=lambda: {"architecture": trained.architecture(cfg)},
+        best_extra=lambda: {"architecture": trained.architecture(cfg, data.normalisation)},
         dist=dist,
+        on_nonfinite=student.on_nonfinite,
     )
-    result = fit(job_fit, job.resume)
+    with guard.at_step_boundaries():
+        result = fit(job_fit, job.resume)
     if dist.is_main and (job.out / trained.BEST).is_file():
         example = next(iter(loaders[1]))[0][:2].numpy()  # test inputs as the network takes them (2: the
         # batch size stays free in the exported graph; torch.export fixes a size of 1)
@@ -303,18 +327,27 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except JobRunning as exc:  # the same job in another process: not a configuration mistake
         print(f"seal-exp: {exc}", file=sys.stderr, flush=True)
+        discard_refused_folder()
         sys.exit(2)
     except ConfigError as exc:
         print(f"seal-exp: configuration error: {exc}", file=sys.stderr, flush=True)
-        MLflowSweepCallback.refused_jobs += 1
+        discard_refused_folder()
+        SweepLaunchCallback.refused_jobs += 1
         sys.exit(2)
     except KeyboardInterrupt:  # a second SIGINT / SIGTERM, or one outside training: the run is KILLED
         print("seal-exp: interrupted; the same command resumes from the last checkpoint", file=sys.stderr)
-        MLflowSweepCallback.stopped_by = signal.SIGINT
+        SweepLaunchCallback.stopped_by = signal.SIGINT
         sys.exit(130)
-    except SystemExit as exc:  # stopped by SIGTERM / SIGINT: an in-process sweep's parent is KILLED too
-        if exc.code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
-            MLflowSweepCallback.stopped_by = int(exc.code) - 128
+    except RunFailed as exc:  # a non-finite loss, a store that broke: one line (the traceback is in MLflow)
+        line = f"seal-exp: run failed: {exc}"
+        print(line, file=sys.stderr, flush=True)
+        _into_log_files(line, logging.ERROR)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's other jobs go on; it ends with exit 1
+            raise CompactHydraException(line) from None
+        sys.exit(1)
+    except SystemExit as exc:  # stopped by a signal: an in-process sweep's parent is KILLED too
+        if exc.code in [128 + s for s in STOP_SIGNALS]:
+            SweepLaunchCallback.stopped_by = int(exc.code) - 128
         raise
     # what a sweeper optimises: validation accuracy, never test (the teacher stage: the teacher's)
     return summary.get("best_val_acc", summary.get("teacher_val_acc"))
@@ -356,21 +389,78 @@ def refuse_missing_scheduler(argv: list[str]) -> None:
 
 
 def refuse_unwritable_folders(argv: list[str]) -> None:
-    """A run or sweep folder given on the command line that cannot be created stops here with one line
-    (Hydra would create it before any of this package runs, with a traceback)."""
+    """A run or sweep folder given on the command line that cannot be created, or an empty ``paths.root``,
+    stops here with one line (Hydra would create the folder before any of this package runs, with a
+    traceback, or at the top of the file system)."""
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir", "paths.root") and value and "${" not in value:
+        if key in ("hydra.run.dir", "hydra.sweep.dir", "paths.root") and "${" not in value:
             try:
-                check_writable(key, value, "the folder")
+                if key == "paths.root":
+                    check_root(value)  # empty: Hydra would make outputs/ at the top of the file system
+                if value:
+                    check_writable(key, value, "the folder")
             except ConfigError as exc:
                 print(f"seal-exp: configuration error: {exc}", file=sys.stderr)
                 sys.exit(2)
 
 
+_FOLDERS_BEFORE: set[Path] = set()  # what existed where this command makes folders, when cli() started
+_CLI = {"noted": False}
+
+
+def note_existing_folders(argv: list[str]) -> None:
+    """Note which folders exist where this command's runs get theirs (``outputs/<today>``,
+    ``multirun/<today>``, a ``hydra.run.dir`` / ``hydra.sweep.dir`` given, their parents and, for one that
+    exists, its subfolders), so that a refused run removes only what this process made."""
+    given = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a and not a.startswith("~"))
+    given = {k: v for k, v in given.items() if "${" not in v}
+    root = Path(given.get("paths.root") or project_root())
+    today = time.strftime("%Y-%m-%d")
+    places = [root / "outputs" / today, root / "multirun" / today]
+    places += [Path(given[k]) for k in ("hydra.run.dir", "hydra.sweep.dir") if given.get(k)]
+    for place in places:
+        place = place.resolve()
+        _FOLDERS_BEFORE.update(p for p in (place, *place.parents) if p.is_dir())
+        if place.is_dir():
+            _FOLDERS_BEFORE.update(p for p in place.iterdir() if p.is_dir())
+    _CLI["noted"] = True
+
+
+def discard_refused_folder() -> None:
+    """A refused run leaves no folder: the one Hydra made for it goes (and parents made with it, now
+    empty) when this process made it and it holds nothing but Hydra's own files (``.hydra/``, the log)."""
+    if not _CLI["noted"] or not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(str(hydra_cfg.runtime.output_dir)).resolve()
+    hydra_log = f"{hydra_cfg.job.name}.log"
+    if folder in _FOLDERS_BEFORE or not folder.is_dir():
+        return
+    own = folder / ".hydra"
+    if {p.name for p in folder.iterdir()} - {own.name, hydra_log}:
+        return
+    if own.is_dir() and {p.name for p in own.iterdir()} - {"config.yaml", "hydra.yaml", "overrides.yaml"}:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # Hydra's file handler writes the log being removed
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().parent == folder:
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if parent in _FOLDERS_BEFORE:
+            break
+        try:
+            parent.rmdir()  # only if empty: another run's folder in it keeps it
+        except OSError:
+            break
+
+
 def cli() -> None:
     """``python -m seal_exp.train``; a config Hydra refuses to compose exits 2, like every user error."""
     sys.argv += torchrun_follower_overrides(sys.argv[1:], dict(os.environ))
+    note_existing_folders(sys.argv[1:])
     refuse_missing_scheduler(sys.argv[1:])
     refuse_unwritable_folders(sys.argv[1:])
     submitit_logs_once()

@@ -1,5 +1,6 @@
 """FGSM and PGD against closed forms written here (a linear model's CE gradient by hand), their bounds, their
-seeding, how often they reset a spiking network's state, and which samples they count."""
+seeding, how often they reset a spiking network's state, and which samples they count: only those right both
+clean and attacked, so robust accuracy never exceeds clean accuracy."""
 
 from __future__ import annotations
 
@@ -377,20 +378,96 @@ def test_direct_attacks_refuse_bad_budgets():
         fgsm(Constant(), SPACE, x, y, 0.1)
 
 
-def test_results_name_their_metrics_and_serialise():
+def test_results_name_their_metrics_after_their_attack_and_serialise():
+    """Each attack's clean accuracy is named after it, so FGSM on 500 samples and PGD on 200 logged into one
+    run never share a clean accuracy."""
     result = Robustness(
         attack="pgd", samples=6, clean_acc=90.0, acc={0.01: 80.0, 8 / 255: 50.0}, steps=10,
         step_size={0.01: 0.0025, 8 / 255: 2.5 * 8 / 255 / 10},
     )  # fmt: skip
-    assert result.as_metrics() == {
-        "robust/clean_acc": 90.0,
-        "robust/pgd_eps0.01": 80.0,
-        "robust/pgd_eps0.0313725": 50.0,
+    assert result.figures() == {
+        "robust_acc_pgd_clean": 90.0,
+        "robust_acc_pgd_eps0.01": 80.0,
+        "robust_acc_pgd_eps0.0313725": 50.0,
     }
+    assert result.as_metrics() == result.figures() | {"robust_samples_pgd": 6.0}
     as_dict = json.loads(json.dumps(result.as_dict()))
     assert as_dict["acc"] == {"0.01": 80.0, "0.0313725": 50.0}
     assert as_dict["step_size"]["0.01"] == 0.0025
     assert (as_dict["attack"], as_dict["samples"], as_dict["steps"]) == ("pgd", 6, 10)
-    plain = Robustness(attack="fgsm", samples=6, clean_acc=90.0, acc={0.03: 70.0}, steps=None, step_size=None)
+    back = Robustness.from_dict(as_dict)
+    assert back.acc == {0.01: 80.0, float("0.0313725"): 50.0} and back.step_size[0.01] == 0.0025
+    assert (back.attack, back.samples, back.clean_acc, back.steps) == ("pgd", 6, 90.0, 10)
+    plain = Robustness(attack="fgsm", samples=4, clean_acc=75.0, acc={0.03: 70.0}, steps=None, step_size=None)
     assert plain.as_dict()["step_size"] is None
-    assert plain.as_metrics() == {"robust/clean_acc": 90.0, "robust/fgsm_eps0.03": 70.0}
+    assert Robustness.from_dict(plain.as_dict()) == plain
+    assert plain.as_metrics() == {
+        "robust_acc_fgsm_clean": 75.0,
+        "robust_acc_fgsm_eps0.03": 70.0,
+        "robust_samples_fgsm": 4.0,
+    }
+
+
+# ---------------------------------------------------------------- a sample wrong when clean is never robust
+
+
+class Chirp(nn.Module):
+    """Two classes on one pixel x: logits [0, sin(40 x²)], class 1 where the sine is positive. The sine's
+    crests come closer as x grows, so one ε-step that climbs the loss carries some samples over a crest:
+    samples it gets wrong when clean into their own class, as PGD's random start can too."""
+
+    def forward(self, x_norm: Tensor) -> Tensor:
+        wave = torch.sin(40 * GREY.to_pixels(x_norm).flatten(1)[:, 0] ** 2)
+        return torch.stack([torch.zeros_like(wave), wave], dim=1)
+
+
+def chirp_right(x: Tensor, y: Tensor) -> Tensor:
+    """Whether the chirp classifies pixels x as y, by its formula."""
+    return (torch.sin(40 * x.flatten() ** 2) > 0) == (y == 1)
+
+
+def chirp_fgsm(x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """FGSM on the chirp by hand: with d = sin(40 x²), CE is softplus(-d) for class 1 and softplus(d) for
+    class 0, so its gradient has the sign of -d'(x) resp. d'(x), d'(x) = 80 x cos(40 x²)."""
+    slope = torch.sign(80 * x * torch.cos(40 * x**2))
+    direction = torch.where((y == 1).view(-1, 1, 1, 1), -slope, slope)
+    return (x + eps * direction).clamp(0, 1)
+
+
+def test_a_sample_wrong_when_clean_is_not_counted_when_the_attack_lands_it_on_its_class():
+    """Nine pixels, two of each kind the attack can make: right clean and attacked (0.125, 0.165), right
+    then wrong (0.255, 0.305), wrong both (0.095, 0.145), and three wrong when clean that FGSM's step
+    carries into their class (0.525, 0.605, 0.655). Counting the attacked input alone gives 5/9, more than
+    the 4/9 clean; a robust sample must be right both ways: 2/9."""
+    x = torch.tensor([0.125, 0.165, 0.255, 0.305, 0.095, 0.145, 0.525, 0.605, 0.655], dtype=torch.float64)
+    y = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0, 1])
+    x = x.view(-1, 1, 1, 1)
+    eps = 0.05
+    clean, attacked = chirp_right(x, y), chirp_right(chirp_fgsm(x, y, eps), y)
+    assert clean.tolist() == [True] * 4 + [False] * 5
+    assert attacked.tolist() == [True, True, False, False, False, False, True, True, True]
+    assert torch.equal(fgsm(Chirp(), GREY, x, y, eps), chirp_fgsm(x, y, eps))  # the closed form is FGSM's
+    result = robust_accuracy(Chirp(), batches_of(GREY.normalise(x), y, 4), GREY, "fgsm", [eps], samples=9)
+    assert result.clean_acc == pytest.approx(100 * 4 / 9)
+    assert result.acc[eps] == pytest.approx(100 * 2 / 9)  # not 5/9: three of the five were wrong clean
+    assert result.acc[eps] <= result.clean_acc
+
+
+def test_pgd_counts_a_sample_only_if_it_was_right_clean_too():
+    """PGD with a negligible step stays where its random start put each sample: in the chirp's narrow
+    waves that start lands many samples wrong when clean on their own class. Robust accuracy counts only
+    those right both clean and at the start, whatever ε."""
+    x = torch.linspace(0.3, 0.95, 40, dtype=torch.float64).view(-1, 1, 1, 1)
+    y = torch.arange(40) % 2
+    loader = batches_of(GREY.normalise(x), y, 40)  # one batch: the same random start as pgd() with the seed
+    clean = chirp_right(x, y)
+    for eps, seed in ((0.05, 0), (0.1, 3)):
+        start = pgd(Chirp(), GREY, x, y, eps, steps=1, step_size=1e-9, seed=seed)
+        at_start = chirp_right(start, y)
+        assert (at_start & ~clean).sum() >= 3, "the random start should land some wrong samples right"
+        result = robust_accuracy(
+            Chirp(), loader, GREY, "pgd", [eps], samples=40, steps=1, step_size=1e-9, seed=seed
+        )
+        assert result.clean_acc == pytest.approx(100 * int(clean.sum()) / 40)
+        assert result.acc[eps] == pytest.approx(100 * int((clean & at_start).sum()) / 40)
+        assert result.acc[eps] <= result.clean_acc

@@ -68,6 +68,66 @@ def test_a_value_of_the_wrong_type_is_refused_by_its_key(tmp_path, override, rul
 
 
 @pytest.mark.parametrize(
+    ("overrides", "key", "rule"),
+    [
+        # each failed mid-run with a traceback: torch's and numpy's seeds, float32, the loader's range
+        (["seed=99999999999999999999"], "seed", r"use an integer from 0 to 4294967295 "),
+        (["seed=4294967296"], "seed", r"use an integer from 0 to 4294967295 "),
+        (["optim.lr=1e300"], "optim.lr", r"use a number of at most 3\.403e\+38 in size"),
+        (["teacher.optim.lr=1e39"], "teacher.optim.lr", r"use a number of at most 3\.403e\+38"),
+        (["trainer.epochs=99999999999999999999"], "trainer.epochs", r"at most 2\*\*63 - 1"),
+        # each was taken silently: a negative surrogate flips the gradients, a negative floor the
+        # learning rate, epochs=0 distils from a teacher at chance, a huge T grows until memory runs out,
+        # an empty root writes outputs/, mlflow.db and .cache/ at /
+        (["neuron.surrogate.alpha=-1"], "neuron.surrogate.alpha", r"sharpness must be > 0"),
+        (["neuron.surrogate.alpha=0"], "neuron.surrogate.alpha", r"sharpness must be > 0"),
+        (["neuron/surrogate=atan", "neuron.surrogate.alpha=-2"], "neuron.surrogate.alpha", r"must be > 0"),
+        (["sched.eta_min=-1"], "sched.eta_min", r"the lowest learning rate must be >= 0"),
+        (["teacher.sched.eta_min=-0.5"], "teacher.sched.eta_min", r"the lowest learning rate must be >= 0"),
+        (["teacher.recipe.epochs=0"], "teacher.recipe.epochs", r"untrained .*teacher\.model\.weights="),
+        (["neuron.T=100000"], "neuron.T", r"an integer >= 1, at most 1024: .*memory grows with T"),
+        (["neuron.T=1025"], "neuron.T", r"an integer >= 1, at most 1024"),
+        (["paths.root="], "paths.root", r"empty it puts them at the top of the file system"),
+        (["paths.root=  "], "paths.root", r"empty it puts them at the top of the file system"),
+    ],
+)
+def test_a_value_that_would_fail_or_mislead_the_run_is_refused_by_its_key(tmp_path, overrides, key, rule):
+    with pytest.raises(ConfigError, match=rf"^{key}=.* is invalid: .*{rule}") as refused:
+        prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", *overrides]))
+    assert "\n" not in str(refused.value)
+
+
+def test_the_bounds_themselves_are_accepted(tmp_path):
+    """The largest seed and T, a zero floor: the limits refuse only what lies beyond them."""
+    plan = prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", "seed=4294967295", "sched.eta_min=0"]))
+    assert plan.seed == 2**32 - 1
+    prepare(make_cfg(tmp_path, [*SMOKE, "tracking=none", "neuron.T=1024"]), data=False)
+
+
+def test_a_diverging_run_is_told_the_keys_and_values_to_change(tmp_path):
+    """The line a non-finite loss ends the run with names the learning rate and the method's settings
+    with this run's values, and the teacher's own learning rate for the teacher."""
+    cfg = make_cfg(tmp_path, [*SMOKE, "tracking=none", "optim.lr=0.05", "distiller.alpha=1e30"])
+    plan = prepare(cfg)
+    advice = plan.student.on_nonfinite
+    assert advice.startswith("lower the learning rate (optim.lr=0.05) or the method's settings (")
+    assert "distiller.alpha=1e+30" in advice and "distiller.tau=" in advice
+    assert plan.teacher.training.on_nonfinite.startswith("lower the learning rate (teacher.optim.lr=")
+    assert "distiller." not in plan.teacher.training.on_nonfinite
+
+
+def test_an_empty_project_root_is_refused_before_hydra_writes_anything(tmp_path):
+    """``paths.root=`` would put Hydra's run folder at /outputs before any of the package runs."""
+    existed = {p: p.exists() for p in (Path("/outputs"), Path("/mlflow.db"), Path("/.cache"))}
+    done = run_cli([*SMOKE, "tracking=none", "paths.root="], cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("seal-exp: configuration error: paths.root='' is invalid")
+    assert {p: p.exists() for p in existed} == existed
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         (

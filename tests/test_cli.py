@@ -50,12 +50,12 @@ def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
     parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     name = parents[0].info.run_name
-    assert name.startswith("sweep 20") and name.endswith(" seal α") and name[6:22] >= before, name
+    assert name.startswith("[smoke] sweep 20") and name.endswith(" seal α") and name[14:30] >= before, name
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.params["seal.alpha"] for r in children) == ["0.3", "0.6"]
     assert sorted(r.info.run_name for r in children) == [
-        "seal α=0.3 β=0.15 τ=3 T=4 seed=0 lr=0.05",
-        "seal α=0.6 β=0.15 τ=3 T=4 seed=0 lr=0.05",
+        "[smoke] seal α=0.3 β=0.15 τ=3 T=4 seed=0 lr=0.05",  # debug=smoke: cut short, and named so
+        "[smoke] seal α=0.6 β=0.15 τ=3 T=4 seed=0 lr=0.05",
     ]
     # the end of the output: the jobs as a table, then how to report on the sweep
     (sweep_dir,) = (tmp_path / "multirun").glob("*/*")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -45,7 +47,7 @@ def test_aggregate_gives_mean_and_sample_sd_per_distiller():
     assert kd["student_wall_s"] == pytest.approx(11.0)
     assert math.isnan(table[0]["test_acc_sd"])  # one seed: no spread is claimed
     text = markdown(table, "ctx")
-    assert "| kd | 0,1,2 | 96.00 ± 1.00 | 95.00 ± 1.00 |" in text and "| none | 0 | 93.00 |" in text
+    assert "| kd | 3 | 0,1,2 | 96.00 ± 1.00 | 95.00 ± 1.00 |" in text and "| none | 1 | 0 | 93.00 |" in text
 
 
 PGD_003, PGD_01 = "robust_acc_pgd_eps0.03", "robust_acc_pgd_eps0.1"
@@ -148,7 +150,8 @@ def test_a_small_comparison_writes_its_table_and_attaches_it_to_the_parent_run(t
     for name in ("comparison.md", "comparison.csv", "comparison.png", "comparison.pdf"):
         assert (sweep / name).is_file()
     text = (sweep / "comparison.md").read_text()
-    assert "| none | 0 |" in text and "| kd | 0 |" in text and "2 finished job(s) of 2" in text
+    assert "| none | 1 | 0 |" in text and "| kd | 1 | 0 |" in text and "2 finished job(s) of 2" in text
+    assert text.startswith("Test accuracy (%), mean ± sample sd over seeds. [smoke] dataset digits, T=4")
     assert "| firing rate | SynOps (M) | energy (µJ) |" in text  # measured after training, by default
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = (sweep / "mlflow_parent_run_id").read_text().strip()
@@ -184,6 +187,128 @@ def test_the_report_names_jobs_that_did_not_finish(tmp_path):
             }
             (tmp_path / job / "summary.json").write_text(json.dumps(summary))
     text = report(tmp_path, ["kd", "kdsnn"], expected=3)
-    assert "| kd | 0 | 96.00 |" in text and "1 finished job(s) of 3" in text
+    assert "| kd | 1 | 0 | 96.00 |" in text and "1 finished job(s) of 3" in text
     assert "Did not finish (see each job's train.log): kdsnn (job 1, 2)." in text
     assert (tmp_path / "comparison.csv").is_file() and (tmp_path / "comparison.png").is_file()
+
+
+ALPHAS, BETAS, TS, SEEDS = ("0.3", "0.6"), ("0.05", "0.15"), ("2", "4"), (0, 1, 2)
+SPREAD = (0.0, 0.7, -0.4)  # what each seed adds to a combination's accuracy
+
+
+def accuracy(a: str, b: str, t: str, seed: int) -> float:
+    return 90.0 + 4 * float(a) + 10 * float(b) + float(t) / 2 + SPREAD[seed] * (1 + float(a))
+
+
+def alpha_beta_T_sweep(folder: Path, extra: dict | None = None) -> Path:
+    """An α × β × T × seed multirun folder as Hydra and the runs leave it (overrides, choices, summary)."""
+    grid = itertools.product(ALPHAS, BETAS, TS, SEEDS)
+    for n, (a, b, t, seed) in enumerate(grid):
+        hydra = folder / str(n) / ".hydra"
+        hydra.mkdir(parents=True)
+        overrides = [f"distiller.alpha={a}", f"distiller.beta={b}", f"neuron.T={t}", f"seed={seed}"]
+        (hydra / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (hydra / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      distiller: seal\n")
+        acc = accuracy(a, b, t, seed)
+        summary = row("seal", seed, acc, acc - 0.5, [acc - 1.0] * (int(t) - 1) + [acc])
+        summary |= {"dataset": "mnist5k", "T": int(t), "epochs": 3} | (extra or {})
+        (folder / str(n) / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def table_rows(text: str) -> list[dict[str, str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header, _, *body = ([c.strip() for c in line.strip("|").split("|")] for line in lines)
+    return [dict(zip(header, cells, strict=True)) for cells in body]
+
+
+def test_report_on_an_alpha_beta_T_sweep_averages_only_the_seeds(tmp_path, capsys):
+    sweep = alpha_beta_T_sweep(tmp_path / "sweep")
+    assert main(["--report", str(sweep)]) == 0
+    text = (sweep / "comparison.md").read_text()
+    rows = table_rows(text)
+    assert len(rows) == 8  # one per (α, β, T), not one per distiller
+    for r, (a, b, t) in zip(rows, itertools.product(ALPHAS, BETAS, TS), strict=True):
+        assert (r["distiller"], r["distiller.alpha"], r["distiller.beta"], r["neuron.T"]) == ("seal", a, b, t)
+        assert r["n"] == "3" and r["seeds"] == "0,1,2"
+        accs = [accuracy(a, b, t, seed) for seed in SEEDS]
+        assert (
+            r["test acc (selected on val)"] == f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+        )
+        assert len(r["per-timestep test acc"].split(" / ")) == int(t)
+    # the context quotes what all rows share, not the first job's T
+    context = text.splitlines()[0]
+    assert "dataset mnist5k, 3 epochs; swept: distiller.alpha, distiller.beta, neuron.T;" in context
+    assert "T=" not in context and "24 finished job(s)" in context
+    with (sweep / "comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["distiller.alpha"], r["distiller.beta"], r["neuron.T"], r["n"]) for r in table] == [
+        (a, b, t, "3") for a, b, t in itertools.product(ALPHAS, BETAS, TS)
+    ]
+    assert float(table[0]["test_acc_sd"]) == pytest.approx(
+        statistics.stdev(accuracy("0.3", "0.05", "2", s) for s in SEEDS)
+    )
+
+
+def test_a_setting_varied_without_an_override_still_splits_the_rows(tmp_path):
+    """Two presets with different T (no neuron.T override): T becomes a column, never averaged over."""
+    sweep = alpha_beta_T_sweep(tmp_path / "sweep")
+    for job in sweep.iterdir():  # the overrides no longer say T; only the summaries do
+        path = job / ".hydra" / "overrides.yaml"
+        path.write_text("".join(line for line in path.read_text().splitlines(True) if "neuron.T" not in line))
+    rows = table_rows(report(sweep))
+    assert len(rows) == 8 and {r["T"] for r in rows} == {"2", "4"} and all(r["n"] == "3" for r in rows)
+
+
+def test_a_job_whose_summary_is_not_json_is_named_and_left_out(tmp_path, capsys):
+    sweep = alpha_beta_T_sweep(tmp_path / "sweep")
+    broken = sweep / "1" / "summary.json"  # α=0.3, β=0.05, T=2, seed 1
+    broken.write_text("")
+    assert main(["--report", str(sweep)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"seal-exp: warning: job 1 left out: {broken}: not a JSON object"
+    )
+    text = (sweep / "comparison.md").read_text()
+    first = table_rows(text)[0]
+    accs = [accuracy("0.3", "0.05", "2", s) for s in (0, 2)]
+    assert first["n"] == "2" and first["seeds"] == "0,2"
+    assert (
+        first["test acc (selected on val)"] == f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    )
+    assert f"Unreadable (left out): job 1: {broken}: not a JSON object" in text
+
+
+def test_smoke_runs_are_marked_in_the_table_and_the_figure(tmp_path, monkeypatch):
+    from seal_exp import figures
+
+    titles = []
+    real_save = figures.save
+
+    def keep(fig, path):
+        titles.append(fig._suptitle.get_text())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "save", keep)
+    sweep = alpha_beta_T_sweep(tmp_path / "sweep", extra={"smoke": True})
+    text = report(sweep)
+    assert text.startswith("Test accuracy (%), mean ± sample sd over seeds. [smoke] dataset mnist5k")
+    assert "[smoke] every job: cut short (debug=smoke" in text
+    assert titles == ["[smoke] dataset mnist5k, 3 epochs"]
+
+
+def test_the_sweep_goes_under_paths_root(tmp_path, monkeypatch, capsys):
+    """Not into the checkout: paths.root decides where everything is written, sweeps included."""
+    import seal_exp.compare
+
+    commands = []
+    monkeypatch.setattr(seal_exp.compare.subprocess, "call", lambda command: commands.append(command) or 0)
+    assert main(["--distillers", "none", "--seeds", "0", "dataset=digits", f"paths.root={tmp_path}"]) == 1
+    (sweep_dir,) = [c.split("=", 1)[1] for c in commands[0] if c.startswith("hydra.sweep.dir=")]
+    assert Path(sweep_dir).parent == tmp_path / "multirun" / "compare"
+    assert "the sweep finished no job" in capsys.readouterr().err  # nothing ran: the call was replaced
+    # what `make sweep` asks for its folder
+    assert main(["--print-multirun-root", f"paths.root={tmp_path / 'r'}", "seed=0,1"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "r" / "multirun")
+    assert main(["--print-multirun-root", "paths.rooot=/x"]) == 2
+    assert "paths.rooot" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, make_cfg, run_cli
+from conftest import REPO, make_cfg, result_figures, run_cli
 from spikingjelly.activation_based import layer
 from torch import nn
 
@@ -26,7 +27,8 @@ from seal_exp.models.spiking_network import batch_norm_repeated
 from seal_exp.models.sync_batch_norm import SyncBatchNorm2d, convert_sync_batch_norm
 from seal_exp.plan import prepare
 from seal_exp.run import checkpoint
-from seal_exp.train import torchrun_follower_overrides
+from seal_exp.train import torchrun_follower_overrides, train
+from seal_exp.training.epoch import EpochTotals
 
 # ---------------------------------------------------------------- sharding
 
@@ -203,6 +205,114 @@ def test_submitit_tasks_train_as_one_data_parallel_job(tmp_path: Path) -> None:
     assert summary["world_size"] == 2 and summary["epochs"] == 1
     logs = (sweep / "0" / "train.log").read_text()
     assert "rank 0 of 2" in logs and "submitit" in logs
+
+
+# ---------------------------------------------------------------- one teacher state on every rank
+
+# Plain DDP (no trainer.sync_batchnorm): each rank's BatchNorm statistics follow its own shard of the
+# batch. The teacher's logits are cached before the student trains, each rank computing them with its
+# own copy of the teacher, so a copy that differs from the cached teacher trains a different student.
+ONE_STATE = (
+    "dataset=digits",
+    "trainer.epochs=2",
+    "trainer.batch_size=32",
+    "trainer.eval_batch_size=64",
+    "trainer.limit_train_batches=8",
+    "trainer.cache_teacher_logits=true",
+    "trainer.dist_timeout_min=2",  # a rank that fails ends the test within minutes, not half an hour
+    "teacher.recipe.epochs=1",
+    "teacher.recipe.batch_size=32",
+    "teacher.recipe.limit_train_batches=45",
+    "neuron.T=2",
+    "student.channels=[8,16]",
+)
+# scancel while the student trains: SIGTERM to every rank during its third step (the teacher takes 45)
+STOP_AT_STEP = 45 + 3
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _one_state_worker(rank: int, world: int, ports: list[int], roots: list[str]) -> None:
+    """One rank of three launches of the same job: with its teacher trained, with it from the cache, and
+    scancelled mid-way then relaunched (its teacher trained in the first launch, cached in the second)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+
+    def launch(port: int, root: str, folder: str, *extra: str) -> None:
+        os.environ["MASTER_PORT"] = str(port)
+        train(make_cfg(Path(root), [*ONE_STATE, *extra], output=Path(root) / folder))
+
+    launch(ports[0], roots[0], "trained")
+    launch(ports[1], roots[0], "cached", "skip_finished=false")
+    original, calls = EpochTotals.add, {"n": 0}
+
+    def add(self: EpochTotals, *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == STOP_AT_STEP:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    EpochTotals.add = add
+    try:
+        launch(ports[2], roots[1], "relaunched")
+        raise AssertionError("the job ended before it was stopped")
+    except SystemExit as exc:
+        assert exc.code == 128 + signal.SIGTERM, exc.code
+    finally:
+        EpochTotals.add = original
+    launch(ports[3], roots[1], "relaunched")
+
+
+def _single_process_test_acc(root: Path) -> float:
+    """The cached teacher's test accuracy, counted here by one process over the whole test split."""
+    plan = prepare(make_cfg(root, [*ONE_STATE, "tracking=none"], output=root / "single"))
+    data = plan.dataset.load()
+    model = plan.teacher.model.eval()
+    hits = 0
+    with torch.no_grad():
+        for x, y in plan.loader(data, data.test, 100, shuffle=False):
+            hits += int((model(x).argmax(-1) == y).sum())
+    return round(100.0 * hits / len(data.test), 4)
+
+
+def test_a_data_parallel_job_has_one_teacher_whether_trained_cached_or_relaunched(tmp_path: Path) -> None:
+    """Two gloo ranks without SyncBatchNorm: the teacher just trained, the same teacher from the cache and
+    a job scancelled and relaunched give the same teacher accuracy (that of the cached file, evaluated by
+    one process) and a bit-identical selected student; each summary agrees with its MLflow run."""
+    import mlflow
+
+    roots = [tmp_path / "trained_then_cached", tmp_path / "relaunched"]
+    mp.spawn(_one_state_worker, args=(2, _free_ports(4), [str(r) for r in roots]), nprocs=2, join=True)
+    folders = {
+        "trained": roots[0] / "trained",
+        "cached": roots[0] / "cached",
+        "relaunched": roots[1] / "relaunched",
+    }
+    summaries = {k: json.loads((f / "summary.json").read_text()) for k, f in folders.items()}
+    assert [s["world_size"] for s in summaries.values()] == [2, 2, 2]
+    assert [s["teacher_origin"] for s in summaries.values()] == ["trained", "cache", "cache"]
+    assert [s["teacher_logits"] for s in summaries.values()] == ["cached"] * 3
+    teachers = [torch.load(next((r / ".cache" / "teachers").glob("*.pt")), weights_only=True) for r in roots]
+    assert all(torch.equal(teachers[1]["state_dict"][k], v) for k, v in teachers[0]["state_dict"].items())
+    golden = _single_process_test_acc(roots[0])
+    assert {k: s["teacher_test_acc"] for k, s in summaries.items()} == dict.fromkeys(folders, golden)
+    assert teachers[0]["test_acc"] == golden
+    best = {k: checkpoint.load(f / "best.pt")["model"] for k, f in folders.items()}
+    for k in ("cached", "relaunched"):
+        differ = [n for n, v in best["trained"].items() if not torch.equal(best[k][n], v)]
+        assert differ == [], f"{k}: best.pt differs from the trained run's in {differ}"
+        assert result_figures(summaries[k]) == result_figures(summaries["trained"]), k
+    for k, s in summaries.items():
+        run = mlflow.MlflowClient(f"sqlite:///{folders[k].parent}/mlflow.db").get_run(s["mlflow_run_id"])
+        assert run.data.metrics["teacher/test/acc"] == s["teacher_test_acc"], k
 
 
 def _epochs(folder: Path) -> list[dict[str, str]]:

@@ -1,5 +1,6 @@
-"""Figures a paper can use: PNG (200 dpi) and PDF, accuracy axes from 0, legends clear of the data,
-labels in the papers' notation. Each figure is inspected as drawn, just before it is written."""
+"""Figures a paper can use: PNG (200 dpi) and PDF, legends clear of the data, labels in the papers'
+notation; accuracy axes from 0 for curves over training, zoomed (and saying so) where finished students
+are compared, so that half a point shows. Each figure is inspected as drawn, just before it is written."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ def drawn(monkeypatch):
                     "xlim": ax.get_xlim(),
                     "xlabel": ax.get_xlabel(),
                     "ylabel": ax.get_ylabel(),
-                    "lines": [line.get_label() for line in ax.get_lines()],
+                    "lines": [line.get_label() for line in ax.get_lines() if line.get_gid() != "axis-break"],
+                    "breaks": sum(1 for line in ax.get_lines() if line.get_gid() == "axis-break"),
+                    "pixels_per_point": ax.get_window_extent().height / (ax.get_ylim()[1] - ax.get_ylim()[0]),
+                    "title": ax.get_title(),
+                    "texts": [t.get_text() for t in ax.texts],
                     "axes_box": ax.get_window_extent(),
                     "legend_box": ax.get_legend().get_window_extent() if ax.get_legend() else None,
                 }
@@ -53,19 +58,38 @@ def legends_clear_of_the_data(axes) -> None:
             assert not ax["legend_box"].overlaps(ax["axes_box"]), "a legend covers the plot area"
 
 
-def test_the_per_timestep_figure(tmp_path, drawn):
+def zoomed_to_show_half_a_point(ax, values) -> None:
+    """Every value on the axis, which does not start at 0 and says so (label and break mark), and 0.5
+    points at least 5 % of its height (about 25 pixels at 200 dpi on these figures)."""
+    low, high = ax["ylim"]
+    assert 0 < low <= min(values) and max(values) <= high
+    assert ax["ylabel"].endswith(f"axis from {low:g} %, not 0") and ax["breaks"] == 2
+    assert 0.5 * ax["pixels_per_point"] >= 0.05 * ax["axes_box"].height
+
+
+def test_the_per_timestep_figure_shows_a_point_between_timesteps_and_to_the_teacher(tmp_path, drawn):
+    """95.8 vs 96.8 vs a 97.6 teacher: on 0–100 these are one flat line; here they are apart."""
+    per_t, prefix = [95.8, 96.8, 96.3, 96.5], [95.8, 96.3, 96.3, 96.35]
     paths = run_files.plot_accuracy_per_timestep(
-        tmp_path / "per_timestep_accuracy.png",
-        [91.0, 95.5, 96.0, 97.25],
-        [91.0, 94.0, 95.0, 96.0],
-        98.0,
-        "title",
+        tmp_path / "per_timestep_accuracy.png", per_t, prefix, 97.6, "[smoke] title"
     )
     written_at_200_dpi(paths, 4.2)
     (ax,) = drawn[0]
-    assert ax["ylim"] == (0.0, 100.0)  # gaps at their true scale
-    assert (ax["xlabel"], ax["ylabel"]) == ("timestep t", "test accuracy (%)")
+    zoomed_to_show_half_a_point(ax, [*per_t, *prefix, 97.6])
+    assert ax["ylabel"].startswith("test accuracy (%)") and ax["xlabel"] == "timestep t"
+    assert ax["lines"] == ["timestep t alone", "mean of the first t timesteps", "ANN teacher (97.60%)"]
     legends_clear_of_the_data([ax])
+
+
+def test_a_timestep_far_below_the_rest_is_marked_and_drawn_whole_in_an_overview(tmp_path, drawn):
+    """Timestep 1 alone at 41 %: the zoom keeps the others half a point apart, marks 41.0 at its foot,
+    and a second panel shows everything from 0."""
+    per_t, prefix = [41.0, 95.8, 96.8, 96.5], [41.0, 90.3, 96.0, 96.4]
+    run_files.plot_accuracy_per_timestep(tmp_path / "p.png", per_t, prefix, 97.6, "title")
+    zoomed, whole = drawn[0]
+    zoomed_to_show_half_a_point(zoomed, [95.8, 96.8, 96.5, 96.0, 96.4, 97.6])
+    assert "↓41.0" in zoomed["texts"] and "↓90.3" in zoomed["texts"]
+    assert whole["ylim"] == (0.0, 100.0) and whole["title"] == "the whole range, from 0"
 
 
 def test_the_training_curves_figure(tmp_path, drawn):
@@ -102,6 +126,7 @@ def test_the_comparison_figure(tmp_path, drawn):
     table = [
         {
             "distiller": name,
+            "settings": {},
             "test_acc": acc,
             "test_acc_sd": 0.5,
             "per_seed_test_acc": [acc - 0.5, acc + 0.5],
@@ -110,10 +135,22 @@ def test_the_comparison_figure(tmp_path, drawn):
         for name, acc in (("none", 93.0), ("kd", 95.0), ("seal", 96.0))
     ]
     written_at_200_dpi(plot(tmp_path / "comparison.png", table, "title"), 8.5)
-    bars, per_timestep = drawn[0]
-    assert bars["ylim"] == per_timestep["ylim"] == (0.0, 100.0)  # 93 vs 96 % shown at their true distance
+    means, per_timestep = drawn[0]
+    zoomed_to_show_half_a_point(means, [92.5, 93.5, 94.5, 95.5, 96.5])  # means ± sd and each seed
+    zoomed_to_show_half_a_point(per_timestep, [91, 92, 93, 93, 94, 95, 94, 95, 96])
     assert per_timestep["lines"] == ["none", "kd", "seal"] and per_timestep["xlabel"] == "timestep t"
-    legends_clear_of_the_data([bars, per_timestep])
+    legends_clear_of_the_data([means, per_timestep])
+
+    table[0] |= {
+        "test_acc": 40.0,
+        "per_seed_test_acc": [39.5, 40.5],
+        "per_timestep_test_acc": [20.0, 30.0, 40.0],
+    }
+    plot(tmp_path / "again.png", table, "title")
+    means, per_timestep, whole_means, whole_per_t = drawn[1]  # a row far below: an overview from 0
+    zoomed_to_show_half_a_point(means, [94.5, 95.5, 96.5])
+    assert "↓40.0" in means["texts"] and "↓20.0" in per_timestep["texts"]
+    assert whole_means["ylim"] == whole_per_t["ylim"] == (0.0, 100.0)
 
 
 def _activity():

@@ -275,3 +275,48 @@ def test_a_submitit_warning_is_written_once() -> None:
         streams = [h for h in log.handlers if type(h) is logging.StreamHandler]  # not pytest's capture
         takers = [h for h in streams if level >= h.level and h.filter(record)]
         assert len(takers) == 1, (level, takers)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30"),
+        ("hydra.launcher.timeout_min=2",),  # the preset's signal_delay_s: 120 s
+    ],
+)
+def test_a_time_limit_that_cannot_work_is_refused_before_submission(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_sbatch: list[str],
+    capsys: pytest.CaptureFixture,
+    limit: tuple[str, ...],
+) -> None:
+    """SLURM may send the pre-timeout signal up to 60 s early: a limit whose signal can come before the
+    job has started (and trained a little) is refused with one line naming the key and the smallest limit
+    that works; nothing is submitted, no folder and no MLflow run are left."""
+    from seal_exp.sweep_launch import MIN_TRAINING_S, SLURM_SIGNAL_SLACK_S
+
+    with pytest.raises(SystemExit) as stop:
+        multirun(tmp_path, monkeypatch, ["hydra/launcher=slurm", *limit, "seed=0,1", "tracking=mlflow"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("seal-exp:")]
+    assert "hydra.launcher.timeout_min=" in line and "cannot work" in line and "Nothing was submitted" in line
+    delay = 30 if "signal_delay_s=30" in " ".join(limit) else 120
+    # the smallest limit it names leaves the job its start-up (at least 0 s) and MIN_TRAINING_S
+    suggested = int(line.split("Use hydra.launcher.timeout_min=")[1].split()[0])
+    assert suggested * 60 >= delay + SLURM_SIGNAL_SLACK_S + MIN_TRAINING_S
+    assert "Traceback" not in err and fake_sbatch == []
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_smallest_limit_the_refusal_names_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_sbatch: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    """Take the refusal's advice and the sweep is submitted."""
+    with pytest.raises(SystemExit):
+        multirun(tmp_path, monkeypatch, ["hydra/launcher=slurm", "hydra.launcher.timeout_min=1"])
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("seal-exp:"))
+    suggested = line.split("Use hydra.launcher.timeout_min=")[1].split()[0]
+    multirun(tmp_path, monkeypatch, ["hydra/launcher=slurm", f"hydra.launcher.timeout_min={suggested}"])
+    assert len(fake_sbatch) == 1

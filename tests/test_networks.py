@@ -382,7 +382,12 @@ def test_vggsnn_refuses_images_too_small_before_reading_data(tmp_path):
 
 def test_pretrained_teacher_weights_can_be_used_untrained(tmp_path):
     """teacher.recipe.epochs=0: the (e.g. timm) weights are evaluated and cached as the teacher."""
-    cfg = make_cfg(tmp_path, [*TINY_RUN, "dataset=digits", "teacher.recipe.epochs=0"])
+    import timm
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=1000).state_dict(), weights)
+    timm_teacher = ["teacher=timm", "teacher.model.model_name=resnet18", f"teacher.model.weights={weights}"]
+    cfg = make_cfg(tmp_path, [*TINY_RUN, "dataset=digits", *timm_teacher, "teacher.recipe.epochs=0"])
     plan = prepare(cfg)
     initial = {k: v.clone() for k, v in plan.teacher.model.state_dict().items()}
     summary = train(cfg)

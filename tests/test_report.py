@@ -41,15 +41,15 @@ def overrides(n: int) -> list[str]:
     return [f"distiller.alpha={a}", f"distiller.beta={b}", f"neuron.T={t}", f"seed={s}", "trainer.epochs=3"]
 
 
-def summary(n: int) -> dict:
+def summary(n: int, acc: list[float] = ACC) -> dict:
     t, s = GRID[n][2:]
     return {
         "stage": "distill",
         "dataset": "mnist5k",
-        "test_acc": ACC[n],
-        "test_acc_last": ACC[n] - 0.5 * (n % 3),
-        "best_test_acc_over_epochs": ACC[n] + 0.4,
-        "best_val_acc": ACC[n] + 1.0,
+        "test_acc": acc[n],
+        "test_acc_last": acc[n] - 0.5 * (n % 3),
+        "best_test_acc_over_epochs": acc[n] + 0.4,
+        "best_val_acc": acc[n] + 1.0,
         "teacher_test_acc": 97.8,
         "wall_s": 10.0 + n + (40.0 if n == 0 else 0.0),
         "student_wall_s": 10.0 + n,
@@ -99,10 +99,15 @@ def quoted(n: int, key: str) -> float | None:
 
 
 def make_sweep(
-    folder: Path, unfinished: set[int] = frozenset({UNFINISHED}), with_measures: bool = False
+    folder: Path,
+    unfinished: set[int] = frozenset({UNFINISHED}),
+    with_measures: bool = False,
+    acc: list[float] = ACC,
+    extra: dict | None = None,
 ) -> Path:
     """A Hydra multirun folder as ``python -m seal_exp.train -m …`` leaves it (the files the report reads);
-    ``with_measures``: the summaries carry ``measured`` figures and jobs 2 and 3 an evaluation.json."""
+    ``with_measures``: the summaries carry ``measured`` figures and jobs 2 and 3 an evaluation.json;
+    ``acc``: each job's test accuracy; ``extra``: more keys for every summary."""
     for n in range(len(GRID)):
         hydra = folder / str(n) / ".hydra"
         hydra.mkdir(parents=True)
@@ -110,7 +115,7 @@ def make_sweep(
         (hydra / "config.yaml").write_text("seed: 0\n")
         (hydra / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      distiller: seal\n")
         if n not in unfinished:
-            figures = summary(n) | (measured(n) if with_measures else {})
+            figures = summary(n, acc) | (measured(n) if with_measures else {}) | (extra or {})
             (folder / str(n) / "summary.json").write_text(json.dumps(figures))
             if with_measures and n in EVALUATIONS:
                 (folder / str(n) / "evaluation.json").write_text(json.dumps(EVALUATIONS[n]))
@@ -119,6 +124,17 @@ def make_sweep(
 
 def finished(a: str, b: str, t: str) -> list[int]:
     return [n for n, g in enumerate(GRID) if g[:3] == (a, b, t) and n != UNFINISHED]
+
+
+def cell(jobs: list[int], acc: list[float] = ACC) -> str:
+    """A heatmap cell as it should read: mean, sample sd (for two seeds or more) and n, computed here."""
+    values = [acc[n] for n in jobs]
+    spread = f"\n± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.2f}{spread}\nn={len(values)}"
+
+
+def panels_cells_say_mean_sd_and_n(panels) -> bool:
+    return all(text.splitlines()[-1].startswith("n=") for p in panels for text in p.cells.values())
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +229,21 @@ def test_a_sweep_folder_gives_every_job_the_seed_means_and_one_heatmap_panel_per
     assert all((p.x_label, p.y_label) == ("α", "β") for p in result.panels)
     for panel, t in zip(result.panels, TS, strict=True):
         assert panel.x_values == list(ALPHAS) and panel.y_values == list(BETAS)
-        assert panel.cells == {
-            (a, b): f"{statistics.fmean(ACC[n] for n in finished(a, b, t)):.2f}"
-            for a, b in itertools.product(ALPHAS, BETAS)
-        }
+        assert panel.cells == {(a, b): cell(finished(a, b, t)) for a, b in itertools.product(ALPHAS, BETAS)}
+    assert panels_cells_say_mean_sd_and_n(result.panels)
+    # one colour scale, its limits on the colorbar: the lowest and highest cell mean (they differ by 7 points)
+    cell_means = [
+        statistics.fmean(ACC[n] for n in finished(*g)) for g in itertools.product(ALPHAS, BETAS, TS)
+    ]
+    assert result.scale.low == pytest.approx(min(cell_means)) and result.scale.high == pytest.approx(
+        max(cell_means)
+    )
+    assert (
+        result.scale.ticks[0] == f"{min(cell_means):.2f}"
+        and result.scale.ticks[-1] == f"{max(cell_means):.2f}"
+    )
+    assert f"colours from {min(cell_means):.2f} to {max(cell_means):.2f}" in result.scale.label
+    assert result.scale.note == ""
     height, width, _ = matplotlib.image.imread(sweep / "report_heatmap.png").shape
     assert width > 1.5 * height  # the two panels side by side
     assert width >= 1000 and (sweep / "report_heatmap.pdf").read_bytes().startswith(b"%PDF")  # 200 dpi
@@ -249,6 +276,7 @@ def test_the_heatmap_leaves_combinations_without_a_finished_job_blank(tmp_path):
     result = write_report(read_sweep_dir(sweep), tmp_path / "out")
     t4 = result.panels[1]
     assert t4.title == "T=4" and ("0.6", "0.2") not in t4.cells and len(t4.cells) == 3
+    assert t4.cells[("0.6", "0.1")] == cell(finished("0.6", "0.1", "4"))
     assert len(result.panels[0].cells) == 4
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| 0.6 | 0.2 | 4 | 0 | – | – |" in text  # n = 0, no mean
@@ -315,7 +343,10 @@ def test_measured_figures_add_columns_seed_means_and_an_accuracy_against_energy_
     drawn = result.energy
     assert drawn is not None and drawn.title == "test accuracy against energy — 2026-11-22/09-30-00"
     assert drawn.x_limits[0] == 0 and drawn.x_limits[1] >= 0.2 + 0.03 * 15
-    assert drawn.y_limits == (0, 100) and drawn.y_label == "test accuracy (%)"
+    # the accuracy axis is zoomed on the jobs (90.1 … 98.6), says so, and half a point shows on it
+    low, high = drawn.y_limits
+    assert low <= min(ACC[n] for n in done) and high >= max(ACC[n] for n in done) and low > 0
+    assert high - low < 12 and drawn.y_label == f"test accuracy (%)\naxis from {low:g} %, not 0"
     assert drawn.x_label == "energy per test sample (µJ)"
     labels = [f"α={a}, β={b}, T={t}" for a, b, t in itertools.product(ALPHAS, BETAS, TS)]
     assert list(drawn.jobs) == labels and list(drawn.means) == labels
@@ -479,3 +510,98 @@ def test_bad_inputs_are_refused_with_what_to_pass_before_anything_is_written(tmp
         p for p in before if p.parent == tmp_path / "notes"
     ]
     assert not (tmp_path / "r").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_combinations_on_one_spot_of_the_energy_plot_all_stay_visible(tmp_path):
+    """α and β barely move energy or accuracy: here four combinations share each of two spots exactly.
+    Each combination's mean marker must still show: hollow, its own shape and colour, and of a size
+    that differs from every other marker on its spot, so the outlines nest instead of covering each other."""
+    same = [95.0 if GRID[n][2] == "2" else 96.0 for n in range(len(GRID))]
+    sweep = make_sweep(tmp_path / "sweep", unfinished=set(), acc=same)
+    for n in range(len(GRID)):
+        path = sweep / str(n) / "summary.json"
+        energy = 0.2 if GRID[n][2] == "2" else 0.4
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"energy_uj": energy}))
+    drawn = write_report(read_sweep_dir(sweep), tmp_path / "out").energy
+    labels = [f"α={a}, β={b}, T={t}" for a, b, t in itertools.product(ALPHAS, BETAS, TS)]
+    assert list(drawn.markers) == labels and drawn.legend[: len(labels)] == labels  # each in the legend
+    markers = list(drawn.markers.values())
+    assert all(m.hollow for m in markers)  # a filled marker would hide whatever lies under it
+    assert len({m.shape for m in markers}) == len(labels) and len({m.edge for m in markers}) == len(labels)
+    spots: dict[tuple[int, int], list] = {}
+    for m in markers:
+        spots.setdefault((round(m.at[0]), round(m.at[1])), []).append(m)
+    assert sorted(len(on) for on in spots.values()) == [4, 4]  # the data do coincide
+    for on in spots.values():
+        diameters = sorted(m.size**0.5 for m in on)  # points
+        assert all(b - a >= 1.0 for a, b in itertools.pairwise(diameters)), diameters
+
+
+def test_cell_means_that_differ_by_little_get_a_one_point_colour_scale_and_a_note(tmp_path):
+    """Means 0.2 points apart (a test sample or two) must not span the whole colour map."""
+    close = [96.0 + 0.1 * (n % 3) for n in range(len(GRID))]
+    sweep = make_sweep(tmp_path / "sweep", unfinished=set(), acc=close)
+    result = write_report(read_sweep_dir(sweep), tmp_path / "out")
+    means = [
+        statistics.fmean(close[n] for n, g in enumerate(GRID) if g[:3] == c)
+        for c in itertools.product(ALPHAS, BETAS, TS)
+    ]
+    sds = [
+        statistics.stdev(close[n] for n, g in enumerate(GRID) if g[:3] == c)
+        for c in itertools.product(ALPHAS, BETAS, TS)
+    ]
+    middle, spread = (min(means) + max(means)) / 2, max(means) - min(means)
+    assert spread < 0.2
+    scale = result.scale
+    assert (scale.low, scale.high) == (pytest.approx(middle - 0.5), pytest.approx(middle + 0.5))
+    assert scale.ticks[0] == f"{middle - 0.5:.2f}" and scale.ticks[-1] == f"{middle + 0.5:.2f}"
+    assert f"the cell means differ by only {spread:.2f} points; colours span 1 point" in scale.note
+    assert f"less than the seeds do (largest sd {max(sds):.2f})" in scale.note
+    assert scale.title.splitlines()[1:] == scale.note.split("; ")  # said on the figure, under its title
+
+
+def test_smoke_runs_are_marked_in_the_report_and_its_figures(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "multirun" / "d" / "t", with_measures=True, extra={"smoke": True})
+    result = write_report(read_sweep_dir(sweep), sweep)
+    assert result.markdown.startswith(f"# Sweep report [smoke]: {sweep}")
+    assert "[smoke] all finished jobs: cut short (debug=smoke" in result.markdown
+    assert result.scale.title.startswith("[smoke] mean test accuracy")
+    assert result.energy.title.startswith("[smoke] test accuracy against energy")
+
+    # a summary written before runs recorded it: the job's composed config says it was cut short
+    older = make_sweep(tmp_path / "older")
+    for n in (0, 1):
+        (older / str(n) / ".hydra" / "config.yaml").write_text(
+            "stage: distill\ntrainer:\n  limit_train_batches: 3\n  limit_eval_batches: 2\n"
+        )
+    text = write_report(read_sweep_dir(older), tmp_path / "older-report").markdown
+    assert "# Sweep report [smoke]" in text and "[smoke] jobs 0, 1: cut short" in text
+    real = write_report(read_sweep_dir(make_sweep(tmp_path / "real")), tmp_path / "real-report")
+    assert "[smoke]" not in real.markdown and not real.scale.title.startswith("[smoke]")
+
+
+def test_a_job_whose_summary_is_not_json_is_named_and_the_report_goes_on(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "sweep")
+    broken = sweep / "3" / "summary.json"
+    broken.write_text('{"test_acc": 94.4, "seed"')  # cut short while written
+    assert main([str(sweep)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"seal-exp: warning: job 3 left out: {broken}: not a JSON object"
+    )
+    assert "restore it from the job's MLflow run" in err[0] and "delete it and train the job again" in err[0]
+    text = (sweep / "report.md").read_text()
+    assert "16 job(s), 14 finished, 1 unreadable, 1 unfinished" in text
+    assert f"Unreadable (left out of every table and figure): {broken}: not a JSON object" in text
+    assert "| 3 | 0.3 | 0.1 | 4 | 1 | unreadable | – |" in text
+    assert "| 0.3 | 0.1 | 4 | 1 | 0 |" in text  # its combination: one seed left, its mean that seed's
+    with (sweep / "report.csv").open() as f:
+        assert [r["status"] for r in csv.DictReader(f)][3] == "unreadable"
+
+    # a damaged overrides.yaml cannot be placed in the sweep: one line, exit 2, nothing written
+    (sweep / "report.md").unlink()
+    (sweep / "4" / ".hydra" / "overrides.yaml").write_text("- distiller.alpha=0.3\n- [unclosed\n")
+    assert main([str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{sweep / '4' / '.hydra' / 'overrides.yaml'}: not readable" in err[0]
+    assert not (sweep / "report.md").exists()

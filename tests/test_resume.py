@@ -460,3 +460,211 @@ def test_a_mid_epoch_resume_without_workers_reads_only_the_remaining_batches():
     for got, want in zip(resumed, uninterrupted[2:], strict=True):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert torch.equal(loader.generator.get_state(), after)
+
+
+# ------------------------------------------------------------------- every ending leaves a whole result
+def test_a_relaunch_in_a_new_folder_takes_the_selected_model_along(tmp_path, monkeypatch, reference):
+    """Killed after its last validation improvement (here: while logging the model), relaunched in a new
+    folder: that folder ends with the run's best.pt, which is logged, measured and loadable, and the old
+    folder keeps a note of where its checkpoints went instead of orphaned copies."""
+    from seal_exp import load_student
+    from seal_exp.tracking import MLflowTracker
+
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+
+    def killed(self, model, best, example):
+        raise Interrupt("killed while logging the model")
+
+    monkeypatch.setattr(MLflowTracker, "log_student", killed)
+    with pytest.raises(Interrupt):
+        train(make_cfg(tmp_path, RUN, output=first))
+    assert checkpoint.load(first / "last.pt")["finished"] and (first / "best.pt").is_file()
+    monkeypatch.undo()
+    logged, measured = [], []
+    original = MLflowTracker.log_student
+    monkeypatch.setattr(
+        MLflowTracker,
+        "log_student",
+        lambda self, m, best, ex: (logged.append(best), original(self, m, best, ex)),
+    )
+    monkeypatch.setattr(
+        "seal_exp.train._measures", lambda cfg, plan, data, out, pm: measured.append(out) or {}
+    )
+    summary = train(make_cfg(tmp_path, [*RUN, "eval.after_training=true"], output=second))
+
+    assert result_figures(summary) == result_figures(ref_summary)
+    assert same_weights(second / "best.pt", ref_root / "out" / "best.pt")
+    assert logged == [second / "best.pt"] and measured == [second]
+    assert not (first / "last.pt").exists() and not (first / "best.pt").exists()
+    assert (first / "continued_in.txt").read_text().strip() == str(second.resolve())
+    (run,) = tracked_runs(tmp_path, "distill")
+    assert run.info.status == "FINISHED" and run.data.tags["output_dir"] == str(second.resolve())
+    assert "best.pt" in [a.path for a in store(tmp_path).list_artifacts(run.info.run_id)]
+    x = torch.rand(2, 1, 8, 8)
+    net = load_student(run.info.run_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert torch.equal(net(x), load_student(second)(x))
+    assert (second / "config.yaml").is_file()  # what `python -m seal_exp.evaluate <folder>` rebuilds from
+
+
+def test_with_tracking_none_the_same_command_resumes_in_its_new_folder(tmp_path, monkeypatch, reference):
+    """No tracking store to ask: the folder of the job's latest attempt is noted in the cache."""
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    interrupt_at(monkeypatch, 3)
+    with pytest.raises(Interrupt):
+        train(make_cfg(tmp_path, [*RUN, "tracking=none"], output=tmp_path / "first"))
+    monkeypatch.undo()
+    steps = {"n": 0}
+    original = EpochTotals.add
+
+    def add(self, *args, **kwargs):
+        steps["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(EpochTotals, "add", add)
+    summary = train(make_cfg(tmp_path, [*RUN, "tracking=none"], output=tmp_path / "second"))
+    assert steps["n"] == TOTAL_STEPS - 3  # continued, not started again
+    assert result_figures(summary) == result_figures(ref_summary)
+    assert same_weights(tmp_path / "second" / "last.pt", ref_root / "out" / "last.pt")
+    assert (tmp_path / "first" / "continued_in.txt").read_text().strip() == str(
+        (tmp_path / "second").resolve()
+    )
+    # finished: a later launch in yet another folder trains afresh, leaving the finished folder alone
+    monkeypatch.undo()
+    train(make_cfg(tmp_path, [*RUN, "tracking=none", "trainer.epochs=1"], output=tmp_path / "other"))
+    assert (tmp_path / "second" / "last.pt").is_file() and (tmp_path / "second" / "best.pt").is_file()
+
+
+def test_a_full_disk_fails_the_run_in_one_line_keeps_the_last_checkpoint_and_logs_each_epoch_once(
+    tmp_path, monkeypatch, reference
+):
+    """The epoch-2 last.pt cannot be written after epoch 2's metrics were logged: the resumed run trains
+    epoch 2 again, and the metric history still holds one value per epoch."""
+    import errno
+
+    from seal_exp.run.resume import LAST_FORMAT
+
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    cfg = make_cfg(tmp_path, [*RUN, "trainer.checkpoint_every_steps=null"], output=tmp_path / "job")
+    original = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("format") == LAST_FORMAT and obj["epoch"] == 2:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(checkpoint.CheckpointWriteError) as failed:
+        train(cfg)
+    last = tmp_path / "job" / "last.pt"
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not write {last} (ENOSPC: No space left on device)")
+    assert "the previous last.pt there is intact" in message and "run the same command" in message
+    assert checkpoint.load(last)["epoch"] == 1
+    assert not list((tmp_path / "job").glob(".*.tmp"))  # the half-written file is gone
+    (run,) = tracked_runs(tmp_path, "distill")
+    assert run.info.status == "FAILED"
+    monkeypatch.undo()
+    summary = train(cfg)
+    assert result_figures(summary) == result_figures(ref_summary)
+    client = store(tmp_path)
+    for key in ("val/acc", "train/loss", "lr"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2], key
+
+
+DISK_FULL = """
+import errno, runpy, sys, torch
+
+original = torch.save
+
+def disk_full(obj, f, *args, **kwargs):  # every last.pt write fails as on a full disk
+    if isinstance(obj, dict) and obj.get("format") == "seal-exp/last-v1":
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return original(obj, f, *args, **kwargs)
+
+torch.save = disk_full
+sys.argv = ["seal_exp.train", *sys.argv[1:]]
+runpy.run_module("seal_exp.train", run_name="__main__", alter_sys=True)  # python -m seal_exp.train
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_command_with_one_line(tmp_path):
+    job = tmp_path / "job"
+    args = ["dataset=digits", "debug=smoke", "distiller=none", "tracking=none", "eval.after_training=false"]
+    args += ["trainer.progress=false", f"paths.root={tmp_path}", f"hydra.run.dir={job}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"seal-exp: run failed: could not write {job / 'last.pt'} (ENOSPC: No space left")
+    assert line in (job / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("stop", "busy_in"),
+    [(signal.SIGTERM, "model logging"), (signal.SIGHUP, "measures")],
+    ids=["SIGTERM-model-logging", "SIGHUP-measures"],
+)
+def test_a_stop_signal_after_training_ends_the_run_killed_at_once_and_the_rerun_finishes_it(
+    tmp_path, monkeypatch, reference, capsys, stop, busy_in
+):
+    """scancel (SIGTERM) or an ssh drop (SIGHUP) while the model is logged or measured, minutes of work
+    on a real run without a step boundary: the run is KILLED at once, never left RUNNING for SLURM's
+    SIGKILL; the same command finishes it. A signal while the run is closed FINISHED waits for that."""
+    from seal_exp.tracking import MLflowTracker
+
+    ref_root, ref_summary = reference
+    share_teacher(ref_root, tmp_path)
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a suite run under nohup ignores SIGHUP
+    try:
+        cfg = make_cfg(tmp_path, [*RUN, "eval.after_training=true"], output=tmp_path / "job")
+
+        def busy(*args, **kwargs):
+            os.kill(os.getpid(), stop)
+            time.sleep(30)
+            pytest.fail(f"{stop.name} was ignored during {busy_in}")
+
+        if busy_in == "model logging":
+            monkeypatch.setattr(MLflowTracker, "log_student", busy)
+        else:
+            monkeypatch.setattr("seal_exp.train._measures", busy)
+        with pytest.raises(SystemExit) as exited:
+            train(cfg)
+        assert exited.value.code == 128 + int(stop)
+        assert f"seal-exp: stopped by {stop.name}: outside training" in capsys.readouterr().err
+        (run,) = tracked_runs(tmp_path, "distill")
+        assert run.info.status == "KILLED"
+        monkeypatch.undo()
+
+        original = MLflowTracker.finish
+
+        def finish(self, status, error=None):
+            if status == "FINISHED":
+                os.kill(os.getpid(), stop)
+            return original(self, status, error)
+
+        monkeypatch.setattr(MLflowTracker, "finish", finish)
+        monkeypatch.setattr("seal_exp.train._measures", lambda *a: {})
+        with pytest.raises(SystemExit) as exited:
+            train(cfg)
+        assert exited.value.code == 128 + int(stop)
+        assert "is FINISHED, its results are written; nothing to resume" in capsys.readouterr().err
+        (again,) = tracked_runs(tmp_path, "distill")
+        assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+        summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+        assert result_figures(summary) == result_figures(ref_summary)
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -90,13 +90,12 @@ def test_a_two_job_sweep_is_one_parent_and_two_finished_runs_and_a_relaunch_trai
 
 def test_an_impossible_request_fails_at_once_with_the_schedulers_message(tmp_path):
     """A GPU on a node without one: sbatch refuses at submission (EnforcePartLimits), the sweep stops
-    with one line quoting SLURM (no traceback) and its parent run is FAILED."""
+    with one line quoting SLURM (no traceback), leaving no MLflow run and no sweep folder."""
     done = sweep(tmp_path, tmp_path / "sweep", "seed=0,1", "hydra.launcher.gpus_per_node=1", timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "SLURM refused the sweep at submission, no job was submitted: sbatch: error:" in done.stderr
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    (parent,) = tracked_runs(tmp_path)
-    assert parent.data.tags.get("sweep.parent") == "true" and parent.info.status == "FAILED"
+    assert tracked_runs(tmp_path) == [] and not (tmp_path / "sweep").exists()
 
 
 def launch(root: Path, folder: Path, *overrides: str) -> subprocess.Popen:
@@ -158,8 +157,9 @@ def test_a_stopped_launcher_leaves_its_jobs_running_and_scancel_marks_the_run_ki
     assert job.status == "killed" and job.progress.startswith("last.pt after epoch")
 
 
-# A 1-minute limit with the pre-timeout signal 30 s before it: a job of a few 16-s epochs is requeued.
-AT_A_ONE_MINUTE_LIMIT = ("hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "seed=0")
+# The shortest limit that works (shorter ones are refused: SLURM may signal up to 60 s early): the
+# pre-timeout signal comes 50 to 110 s into each attempt, so a job of two 64-s epochs is requeued.
+AT_A_SHORT_LIMIT = ("hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=10", "seed=0")
 
 
 def sweep_on_paced_data(
@@ -188,7 +188,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_to_the_uninterrupted_re
     folder = tmp_path / "sweep"
     try:
         sweep_on_paced_data(
-            tmp_path, folder, "+dataset.seconds_per_sample=0.0125", "trainer.epochs=2", *AT_A_ONE_MINUTE_LIMIT
+            tmp_path, folder, "+dataset.seconds_per_sample=0.05", "trainer.epochs=2", *AT_A_SHORT_LIMIT
         )
         reference.wait(timeout=300)
     finally:
@@ -233,15 +233,13 @@ def test_a_job_requeued_while_its_teacher_trains_keeps_one_run_and_each_teacher_
     teacher = [
         "distiller=kd",  # a method with a teacher, trained here (the cache is empty)
         "teacher.recipe.epochs=2",
-        "teacher.recipe.limit_train_batches=20",  # 2 × 16 s of reading: the signal comes in the teacher
+        "teacher.recipe.limit_train_batches=20",  # 2 × 64 s of reading: the signal comes in the teacher
         "teacher.recipe.batch_size=64",
         "teacher.recipe.eval_batch_size=500",
         "trainer.epochs=1",
         "trainer.limit_train_batches=2",
     ]
-    sweep_on_paced_data(
-        tmp_path, folder, "+dataset.seconds_per_sample=0.0125", *teacher, *AT_A_ONE_MINUTE_LIMIT
-    )
+    sweep_on_paced_data(tmp_path, folder, "+dataset.seconds_per_sample=0.05", *teacher, *AT_A_SHORT_LIMIT)
     logs = "".join(p.read_text() for p in folder.glob(".submitit/*/*_log.*"))
     assert "teacher: stopped after epoch" in logs, logs[-3000:]
     (run,) = tracked_runs(tmp_path, "distill")
@@ -252,16 +250,130 @@ def test_a_job_requeued_while_its_teacher_trains_keeps_one_run_and_each_teacher_
 
 
 def test_slurm_ddp_is_requeued_at_its_time_limit_and_resumes_with_both_ranks(tmp_path):
-    """Two gloo ranks at a 1-minute limit: both get USR2, rank 0 checkpoints and requeues the job, and the
+    """Two gloo ranks at a 2-minute limit: both get USR2, rank 0 checkpoints and requeues the job, and the
     next attempt's two ranks continue from that checkpoint, in the same MLflow run. (That rank 1 leaves
     at the requeue's SIGTERM is tested in test_preemption.py: srun may also end the step itself.)"""
     folder = tmp_path / "sweep"
     launcher = ["hydra/launcher=slurm_ddp", *ON_CPUS[1:], "hydra.launcher.tasks_per_node=2"]
-    paced = ["+dataset.seconds_per_sample=0.025", "trainer.epochs=2", "trainer.batch_size=64"]
-    sweep_on_paced_data(tmp_path, folder, *paced, *AT_A_ONE_MINUTE_LIMIT, launcher=launcher)
+    paced = ["+dataset.seconds_per_sample=0.1", "trainer.epochs=2", "trainer.batch_size=64"]
+    sweep_on_paced_data(tmp_path, folder, *paced, *AT_A_SHORT_LIMIT, launcher=launcher)
     summary = json.loads((folder / "0" / "summary.json").read_text())
     assert summary["world_size"] == 2
     with (folder / "0" / "epochs.csv").open() as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
     (run,) = tracked_runs(tmp_path, "distill")
     assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
+
+
+def parents(root: Path) -> list:
+    return [r for r in tracked_runs(root) if r.data.tags.get("sweep.parent") == "true"]
+
+
+def relaunch_line(folder: Path) -> str:
+    """The command ``python -m seal_exp.sweep status`` tells the user to run, as printed."""
+    shown = run_cli(["status", str(folder)], REPO, module="seal_exp.sweep")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    lines = [line for line in shown.stdout.splitlines() if " -m seal_exp.train -m " in line]
+    assert lines, shown.stdout
+    starts = [lines[-1].find(f"{p} -m seal_exp.train -m ") for p in (sys.executable, "python")]
+    return lines[-1][min(i for i in starts if i >= 0) :]
+
+
+def run_verbatim(line: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """A command line as a user pastes it into a shell."""
+    env = {**os.environ, **WITH_TESTS, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_a_scancelled_job_ends_the_sweep_with_its_table_and_the_relaunch_line_continues_it(tmp_path):
+    """One of two jobs is scancelled: the launcher waits for the other, prints the table with the
+    cancelled job's SLURM state and its own last line, and exits 3 (no traceback); the parent run is
+    KILLED. The relaunch line ``sweep status`` prints, run verbatim, resubmits with the same launcher
+    settings into the same folder and parent run, resumes the cancelled job, and ends FINISHED."""
+    folder = tmp_path / "sweep"
+    proc = launch(tmp_path, folder, "+dataset.seconds_per_sample=0.01", "trainer.epochs=3", "seed=0,1")
+    try:
+        wait_until(lambda: (folder / "1" / "last.pt").is_file(), 300, "no checkpoint of job 1")
+        (cancelled,) = [job for job in slurm_jobs(folder) if job.endswith("_1")]
+        subprocess.run(["scancel", cancelled], check=True, timeout=30)
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 3, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    table = output[output.index("ended without a result (exit code 3):") :]
+    (row,) = [line for line in table.splitlines() if line.startswith("| 1 |")]
+    assert "| CANCELLED |" in row and "stopped by SIGTERM" in row, row
+    (parent,) = parents(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert [job.status for job in sweep_status.status(folder)] == ["finished", "killed"]
+
+    line = relaunch_line(folder)
+    for setting in ON_CPUS:  # the launcher and every one of its settings, as submitted
+        assert setting in line, line
+    assert f"hydra.sweep.dir={folder}" in line and line in table  # the same line at the sweep's end
+    again = run_verbatim(line)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    (same,) = parents(tmp_path)  # continued, not a second parent
+    assert same.info.run_id == parent.info.run_id and same.info.status == "FINISHED"
+    students = tracked_runs(tmp_path, "distill")
+    assert sorted(r.data.params["seed"] for r in students) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in students)
+    resumed = next(r for r in students if r.data.params["seed"] == "1")
+    assert int(resumed.data.tags["resumed"]) >= 1
+
+
+def test_a_job_slurm_requeued_is_queued_not_killed(tmp_path):
+    """A job SLURM requeues (here held after the requeue, so it stays pending) closed its run KILLED, but
+    it is the scheduler's: ``sweep status`` asks SLURM and shows it queued, with nothing to relaunch.
+    Released, it resumes in the same run and the sweep ends with exit 0."""
+    folder = tmp_path / "sweep"
+    proc = launch(tmp_path, folder, "+dataset.seconds_per_sample=0.01", "trainer.epochs=3", "seed=0")
+    try:
+        wait_until(lambda: (folder / "0" / "last.pt").is_file(), 300, "no checkpoint")
+        (job_id,) = slurm_jobs(folder)
+        subprocess.run(["scontrol", "requeuehold", job_id], check=True, timeout=30)
+        student = lambda: tracked_runs(tmp_path, "distill")  # noqa: E731
+        wait_until(lambda: student()[0].info.status == "KILLED", 120, "the requeued job's run not KILLED")
+        (job,) = sweep_status.status(folder)
+        assert job.status == "queued" and job.progress.startswith("SLURM job"), job
+        shown = run_cli(["status", str(folder)], REPO, module="seal_exp.sweep")
+        assert "1 queued" in shown.stdout and "To do so" not in shown.stdout, shown.stdout
+        subprocess.run(["scontrol", "release", job_id], check=True, timeout=30)
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 0, output[-3000:]
+    (run,) = tracked_runs(tmp_path, "distill")
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed"]) >= 1
+
+
+def test_a_killed_launcher_leaves_its_parent_to_the_relaunch(tmp_path):
+    """``kill -9`` of the launching process leaves its parent run RUNNING while the job trains on under
+    SLURM: ``sweep status`` says the launcher is gone and how to close it; the relaunch continues that
+    parent (no second one) and closes it FINISHED, skipping the job that finished meanwhile."""
+    folder = tmp_path / "sweep"
+    proc = launch(tmp_path, folder, "+dataset.seconds_per_sample=0.01", "trainer.epochs=2", "seed=0")
+    try:
+        wait_until(lambda: (folder / "0" / "last.pt").is_file(), 300, "no checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    (parent,) = parents(tmp_path)
+    assert parent.info.status == "RUNNING"
+    shown = run_cli(["status", str(folder)], REPO, module="seal_exp.sweep")
+    assert "launching process is gone" in shown.stdout and parent.info.run_id in shown.stdout, shown.stdout
+    student = lambda: tracked_runs(tmp_path, "distill")  # noqa: E731
+    wait_until(lambda: student()[0].info.status == "FINISHED", 600, "the job did not finish under SLURM")
+
+    again = run_verbatim(relaunch_line(folder))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "continues it" in again.stderr, again.stderr[-3000:]
+    (same,) = parents(tmp_path)
+    assert same.info.run_id == parent.info.run_id and same.info.status == "FINISHED"
+    assert len(tracked_runs(tmp_path, "distill")) == 1  # skipped, not trained again

@@ -51,10 +51,9 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert statuses(first) == ["finished", "missing"]
     shown = run_cli(["status", str(first)], REPO, module="seal_exp.sweep")
     assert shown.returncode == 0
-    assert "2 jobs: 1 finished, 0 running, 0 dead, 0 killed, 0 failed, 1 missing" in shown.stdout
-    relaunch = (
-        "To do so: python -m seal_exp.train -m hydra/launcher=local distiller.alpha=0.3,0.6 dataset=digits"
-    )
+    assert "2 jobs: 1 finished, 0 running, 0 queued, 0 dead, 0 killed, 0 failed, 1 missing" in shown.stdout
+    # the sweep as it was submitted: its launcher, its folder, its overrides
+    relaunch = f" -m seal_exp.train -m hydra/launcher=local hydra.sweep.dir={first} distiller.alpha=0.3,0.6"
     assert relaunch in shown.stdout
     second = tmp_path / "sweep-2"
     proc = run_cli(["-m", *common, f"hydra.sweep.dir={second}"], REPO, timeout=600)
@@ -67,6 +66,10 @@ def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_pa
     assert (new.data.params["seal.alpha"], new.data.params["seed"]) == ("0.6", "0")
     assert new.data.tags["seal.identity"] == gone.data.tags["seal.identity"]
     assert statuses(first) == ["finished"] * 2
+    # the relaunch, though in a new folder, continued the sweep's parent run: one parent, both jobs under it
+    (parent,) = [r for r in tracked_runs(tmp_path) if r.data.tags.get("sweep.parent") == "true"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in after} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
 
 
 @pytest.mark.slurm  # a scheduler test (over a minute): run by make test-slurm, with or without a cluster
@@ -146,8 +149,9 @@ def test_a_running_job_that_no_process_holds_is_dead(tmp_path):
         held.release()
     assert [job.status for job in jobs] == ["dead", "running"]
     table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
-    assert "2 jobs: 0 finished, 1 running, 1 dead, 0 killed, 0 failed, 0 missing" in table
-    assert f"To do so: python -m seal_exp.train -m hydra/launcher=local paths.root={tmp_path}" in table
+    assert "2 jobs: 0 finished, 1 running, 0 queued, 1 dead, 0 killed, 0 failed, 0 missing" in table
+    relaunch = f" -m seal_exp.train -m hydra/launcher=local hydra.sweep.dir={sweep} paths.root={tmp_path}"
+    assert relaunch in table.split("To do so: ")[1]
 
 
 def test_a_job_finished_on_other_data_is_shown_and_relaunched(tmp_path):
@@ -180,8 +184,11 @@ def test_a_job_finished_on_other_data_is_shown_and_relaunched(tmp_path):
     assert [job.status for job in jobs] == ["finished", "other data", "finished"]
     assert jobs[1].progress == f"trained on data 0123456789abcdef, the data at hand is {here}"
     table = sweep_status.format_table(jobs, sweep_status.relaunch_command(sweep))
-    assert "3 jobs: 2 finished, 0 running, 0 dead, 0 killed, 0 failed, 0 missing, 1 other data" in table
-    assert "To do so: python -m seal_exp.train -m" in table
+    assert (
+        "3 jobs: 2 finished, 0 running, 0 queued, 0 dead, 0 killed, 0 failed, 0 missing, 1 other data"
+        in table
+    )
+    assert " -m seal_exp.train -m " in table.split("To do so: ")[1]
 
 
 @pytest.mark.parametrize("launcher", [(), ("hydra/launcher=local",)], ids=["in-process", "local"])
@@ -222,3 +229,24 @@ def test_a_sweep_stopped_by_sigterm_closes_its_parent_and_its_job_killed(tmp_pat
     (job,) = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert (parent.info.status, job.info.status) == ("KILLED", "KILLED"), err[-3000:]
     assert statuses(folder) == ["killed"]
+
+
+def test_a_local_sweep_whose_job_ends_without_a_result_ends_with_its_table_and_exit_3(tmp_path):
+    """One job of a local sweep refuses its config in its own process: the launcher waits for the other,
+    then prints the sweep table and the job that ended without a result, with its state and its own
+    line (no traceback), and exits 3; the parent run is FAILED, the other job FINISHED."""
+    folder = tmp_path / "sweep"
+    common = [*SMOKE, "trainer.progress=false", f"paths.root={tmp_path}", f"hydra.sweep.dir={folder}"]
+    proc = run_cli(["-m", "hydra/launcher=local", "distiller.alpha=0.3,-1", *common], REPO, timeout=600)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    table = proc.stdout[proc.stdout.index("ended without a result (exit code 3)") :]
+    (row,) = [line for line in table.splitlines() if line.startswith("| 1 |")]
+    assert "distiller.alpha=-1" in row and "configuration error: distiller.alpha=-1" in row, row
+    cells = [cell.strip() for cell in row.strip("| ").split(" | ")]
+    assert cells[2] == "FAILED" and cells[4].endswith("_log.err"), row  # where the job's own words are
+    assert " -m seal_exp.train -m hydra/launcher=local " in table  # the command that continues it
+    found = tracked_runs(tmp_path)
+    (parent,) = [r for r in found if r.data.tags.get("sweep.parent") == "true"]
+    (job,) = [r for r in found if r.data.tags.get("stage") == "distill"]
+    assert (parent.info.status, job.info.status) == ("FAILED", "FINISHED")

@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,15 +25,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from seal_exp import tracking
-from seal_exp.config import ConfigError, InvalidArgument, build
+from seal_exp.config import ConfigError, InvalidArgument, RunFailed, build
 from seal_exp.run import checkpoint
 from seal_exp.tracking import FAILURE_TAG, NOTE_TAG, MLflowTracker, NoTracker
-from tests.conftest import REPO, SMOKE, make_cfg, run_cli
+from seal_exp.train import train
+from tests.conftest import REPO, SMOKE, make_cfg, run_cli, tracked_runs
 
 JOBS = 4
 
 # Imports first, then waits for the "go" file, so the jobs hit the fresh store at the same instant.
-# Even jobs open a sweep parent (MLflowSweepCallback's path), odd ones a job run: both create the store.
+# Even jobs open a sweep parent (SweepLaunchCallback's path), odd ones a job run: both create the store.
 JOB = textwrap.dedent(
     """
     import sys, time
@@ -178,7 +180,10 @@ def test_unknown_or_relative_tracking_uri_is_refused_when_built(tmp_path, uri):
         "mysql://user@db/mlflow",
     ],
 )
-def test_accepted_tracking_uris_build_without_contacting_the_store(uri):
+def test_accepted_tracking_uris_build_without_contacting_the_store(uri, monkeypatch):
+    """A folder with MLflow told to open one (MLFLOW_ALLOW_FILE_STORE), a database with its driver."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setattr(tracking, "_missing_driver", lambda uri: None)  # as where the driver is installed
     tracker = MLflowTracker(uri, "e", writable=False)
     assert tracker._client is None
 
@@ -240,6 +245,7 @@ def test_a_sweep_with_an_unreachable_server_stops_before_any_job(tmp_path):
 
 def test_read_only_store_folder_is_refused_up_front(tmp_path, monkeypatch):
     """Tests run as root, where chmod does not stop writes: ``os.access`` stands in for the mount."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the folder store (mlruns) too
     folder = tmp_path / "shared"
     folder.mkdir()
     real_access = os.access
@@ -331,3 +337,256 @@ def test_checkpoints_get_the_mode_a_plain_open_would(tmp_path, umask, mode):
     assert stat.S_IMODE(path.stat().st_mode) == mode
     assert torch.equal(checkpoint.load(path)["w"], torch.zeros(2))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+# ---- a store MLflow cannot open: refused naming tracking.uri, before any data is read ----------------
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("{d}", "MLflow opens a folder as its store (the file store) only with MLFLOW_ALLOW_FILE_STORE=true"),
+        ("file:{d}", "MLflow opens a folder as its store (the file store) only with MLFLOW_ALLOW_FILE_STORE"),
+        ("file://{d}", "use a SQLite file there (sqlite:///{d}/mlflow.db), or export that variable"),
+        ("file://login1{d}", "it names the host 'login1'; a folder on this machine is file:///abs/folder"),
+        ("sqlite:///{d}", "{d} is a folder; name the database file in it (sqlite:///{d}/mlflow.db)"),
+        ("sqlite:///{d}/notes.txt", "{d}/notes.txt is not a SQLite database (an MLflow store is one)"),
+        ("postgresql+nosuchdriver://seal:secret@db/mlflow", "SQLAlchemy cannot use it (NoSuchModuleError"),
+    ],
+)
+def test_a_store_mlflow_cannot_open_is_refused_when_built(tmp_path, monkeypatch, given, says):
+    """Each failed at the job's first contact with the store, in a traceback (MLflow refuses a folder
+    unless told to open one; SQLite cannot open a folder or a text file as a database)."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a database\n")
+    uri = given.format(d=folder)
+    with pytest.raises(ConfigError) as refused:
+        build(make_cfg(tmp_path, [f"tracking.uri={uri}"]).tracking, "tracking")
+    message = str(refused.value)
+    shown = uri.replace(":secret@", ":***@")  # a password is never printed
+    assert message.startswith(f"tracking.uri={shown!r} is invalid: "), message
+    assert says.format(d=folder) in message and "\n" not in message
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # nothing created
+
+
+def test_a_folder_store_is_used_when_mlflow_is_told_to_open_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracker = MLflowTracker(f"file://{tmp_path}/mlruns", "e")
+    tracker.start("run", {}, {})
+    tracker.finish("FINISHED")
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_an_unreachable_database_fails_in_seconds_naming_the_key(tmp_path, monkeypatch):
+    """MLflow retries a database connection for long; the probe answers in seconds."""
+    monkeypatch.setattr(tracking, "_missing_driver", lambda uri: None)  # as where its driver is installed
+    port = _closed_port()
+    tracker = MLflowTracker(f"postgresql://seal:secret@127.0.0.1:{port}/mlflow", "e")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as refused:
+        tracker.find_runs("identity")
+    assert time.monotonic() - started < 10
+    message = str(refused.value)
+    assert message.startswith(
+        f"tracking.uri='postgresql://seal:***@127.0.0.1:{port}/mlflow' is invalid: no database answers at "
+        f"127.0.0.1:{port}"
+    )
+    assert "tracking=mlflow" in message and "secret" not in message
+
+
+def test_databricks_without_credentials_is_refused_at_first_contact(tmp_path, monkeypatch):
+    for name in ("HOST", "TOKEN", "CONFIG_PROFILE", "CONFIG_FILE"):
+        monkeypatch.delenv(f"DATABRICKS_{name}", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg
+    tracker = build(make_cfg(tmp_path, ["tracking.uri=databricks"]).tracking, "tracking")
+    with pytest.raises(ConfigError) as refused:
+        tracker.find_runs("identity")
+    message = str(refused.value)
+    assert message.startswith("tracking.uri='databricks' is invalid: the MLflow store there cannot be used (")
+    assert "DATABRICKS_HOST and DATABRICKS_TOKEN" in message and "\n" not in message
+
+
+def _corrupt(db: Path) -> None:
+    """Every page of a SQLite file after its first overwritten, and its change counter moved on so that
+    open connections read the pages again: SQLite then says "database disk image is malformed"."""
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    page = 65536 if page == 1 else page  # the file format's encoding of the largest page size
+    data[page:] = b"\xa5" * (len(data) - page)
+    data[24:28] = (int.from_bytes(data[24:28], "big") + 1).to_bytes(4, "big")
+    db.write_bytes(bytes(data))
+
+
+def test_a_damaged_store_is_refused_at_first_contact(store, request, tmp_path):
+    _tracker(store, request).experiment_id()  # the module's store exists, with tables to damage
+    damaged = tmp_path / "mlflow.db"
+    damaged.write_bytes(Path(store[len("sqlite:///") :]).read_bytes())
+    _corrupt(damaged)
+    with pytest.raises(ConfigError) as refused:
+        MLflowTracker(f"sqlite:///{damaged}", "e").find_runs("identity")
+    message = str(refused.value)
+    assert message.startswith(
+        f"tracking.uri='sqlite:///{damaged}' is invalid: the MLflow store there cannot be used (database "
+        "disk image is malformed (SQLite)): its file is damaged: restore it from a backup, or point "
+        "tracking.uri at a new file"
+    )
+    assert "\n" not in message
+
+
+# ---- a store that fails mid-job: one line, the run closed where the store allows it -----------------
+
+
+def _raising(error: str) -> None:
+    """What MLflow's SQL store raises when SQLite fails mid-write (as seen on a store made read-only): its
+    exception, from SQLAlchemy's, whose first line is a note about autoflush, from SQLite's."""
+    import sqlalchemy.exc
+
+    try:
+        raise sqlite3.OperationalError(error)
+    except sqlite3.OperationalError as exc:
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT INTO metrics ...", [], exc) from exc
+        except sqlalchemy.exc.OperationalError as wrapped:
+            wrapped.add_detail("raised as a result of Query-invoked autoflush; consider using a session...")
+            raise MlflowException(str(wrapped)) from wrapped
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        ("unable to open database file", "its file or folder can no longer be opened or written"),
+        ("attempt to write a readonly database", "(a read-only remount, a full disk, a moved or deleted"),
+        ("database disk image is malformed", "its file is damaged: restore it from a backup"),
+    ],
+)
+def test_a_store_failing_mid_job_is_one_line_saying_what_to_do(error, says):
+    with pytest.raises(tracking.StoreFault) as failed:
+        tracking._retrying(_raising, error)
+    message = str(failed.value)
+    assert message.startswith(f"the MLflow tracking store (tracking.uri) failed: {error} (SQLite); ")
+    assert says in message and message.endswith("(a training run resumes from its last checkpoint)")
+    assert isinstance(failed.value, RunFailed) and "\n" not in message
+
+
+def _job(root: Path, folder: str) -> Any:
+    """A smoke job tracked in ``root``'s store (no teacher, no system metrics), run in ``root/folder``."""
+    overrides = [*SMOKE, "distiller=none", "tracking.system_metrics_every_s=null"]
+    return make_cfg(root, overrides, output=root / folder)
+
+
+WRITES = ("log_batch", "set_terminated", "set_tag", "log_text", "log_artifact", "log_artifacts")
+
+
+@pytest.mark.parametrize("failing", [("log_batch",), WRITES], ids=["metrics", "every write"])
+def test_a_store_turning_read_only_mid_run_ends_the_job_in_one_line(tmp_path, monkeypatch, caplog, failing):
+    """From the first metrics on, the store refuses writes, as after a read-only remount (tests run as
+    root, where chmod does not stop writes, so the client's calls stand in): the job stops with a
+    StoreFault, one line; the run is FAILED where the store takes that, else RUNNING until the same command,
+    the store writable again, resumes it to FINISHED."""
+    real = {name: getattr(MlflowClient, name) for name in failing}
+    broken = {"since": False}
+
+    def refusing(name: str) -> Any:
+        def call(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+            broken["since"] = broken["since"] or (name == "log_batch" and bool(kwargs.get("metrics")))
+            if broken["since"]:
+                _raising("unable to open database file")
+            return real[name](self, *args, **kwargs)
+
+        return call
+
+    for name in failing:
+        monkeypatch.setattr(MlflowClient, name, refusing(name))
+    with caplog.at_level(logging.WARNING), pytest.raises(tracking.StoreFault) as failed:
+        train(_job(tmp_path, "first"))
+    assert str(failed.value).startswith("the MLflow tracking store (tracking.uri) failed: unable to open")
+    assert "Traceback" not in caplog.text
+    (run,) = tracked_runs(tmp_path)
+    if failing == ("log_batch",):
+        assert run.info.status == "FAILED" and "StoreFault" in run.data.tags["error"]
+        return
+    assert run.info.status == "RUNNING"
+    assert f"MLflow run {run.info.run_id} could not be marked FAILED (its store fails)" in caplog.text
+    monkeypatch.undo()  # the store is writable again: the same command, in a folder of its own
+    summary = train(_job(tmp_path, "again"))
+    (run,) = tracked_runs(tmp_path)
+    assert run.info.status == "FINISHED" and summary["mlflow_run_id"] == run.info.run_id
+
+
+def test_a_store_damaged_mid_run_ends_the_job_in_one_line_and_restored_finishes_it(tmp_path, monkeypatch):
+    """The SQLite file is really damaged at the first metrics (SQLite: "database disk image is
+    malformed"); restored from a backup, the same command finishes the job in the same run."""
+    db = tmp_path / "mlflow.db"
+    backup = tmp_path / "backup.db"
+    log_metrics = MLflowTracker.log_metrics
+
+    def damaging(self: MLflowTracker, metrics: dict[str, float], step: int) -> None:
+        if not backup.exists():
+            backup.write_bytes(db.read_bytes())
+            _corrupt(db)
+        log_metrics(self, metrics, step)
+
+    monkeypatch.setattr(MLflowTracker, "log_metrics", damaging)
+    with pytest.raises(tracking.StoreFault) as failed:
+        train(_job(tmp_path, "first"))
+    assert "database disk image is malformed (SQLite); its file is damaged: restore it" in str(failed.value)
+    monkeypatch.undo()
+    db.write_bytes(backup.read_bytes())
+    summary = train(_job(tmp_path, "again"))
+    (run,) = tracked_runs(tmp_path)
+    assert run.info.status == "FINISHED" and summary["mlflow_run_id"] == run.info.run_id
+
+
+def test_a_finished_job_whose_summary_is_damaged_is_still_skipped(tmp_path, caplog):
+    """Relaunched, a job whose summary.json was cut short reads the copy tracked with its run (a
+    JSONDecodeError otherwise); with no readable copy either, it says which file and what to do."""
+    first = train(_job(tmp_path, "first"))
+    damaged = tmp_path / "first" / "summary.json"
+    damaged.write_text('{"test_acc": 9')
+    with caplog.at_level(logging.WARNING):
+        again = train(_job(tmp_path, "again"))
+    assert again["skipped"] and again["reused_run"] == first["mlflow_run_id"]
+    assert again["test_acc"] == first["test_acc"]
+    assert f"{damaged} cannot be read (JSONDecodeError" in caplog.text
+    assert train(_job(tmp_path, "first"))["skipped"]  # in its own folder too
+    (copy,) = tmp_path.glob(f"mlartifacts/**/{first['mlflow_run_id']}/artifacts/summary.json")
+    copy.unlink()
+    with pytest.raises(ConfigError) as refused:
+        train(_job(tmp_path, "third"))
+    assert str(refused.value).startswith(
+        f"{damaged}, the summary of this job's FINISHED MLflow run {first['mlflow_run_id']}, cannot be read "
+        "(JSONDecodeError"
+    )
+    assert str(refused.value).endswith(
+        "restore the file, or pass skip_finished=false to train the job again."
+    )
+
+
+@pytest.mark.slow
+def test_a_diverging_run_ends_failed_with_one_line_naming_the_key(tmp_path):
+    """The non-finite loss used to end in a traceback: now one line, exit 1, the run FAILED."""
+    args = [*SMOKE, "distiller=none", "optim.lr=1e30", f"paths.root={tmp_path}"]
+    proc = run_cli([*args, "tracking.system_metrics_every_s=null"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("seal-exp: run failed: the loss became non-finite at epoch 1, step "), line
+    assert line.endswith("Lower the learning rate (optim.lr=1e+30), or check the inputs.")
+    (run,) = tracked_runs(tmp_path)
+    assert run.info.status == "FAILED" and "NonFiniteLoss" in run.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_a_sweep_goes_on_past_a_diverging_job_and_ends_failed(tmp_path):
+    """The diverging job's line is printed and its run FAILED; the next job trains; the sweep exits 1."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, "distiller=none", "optim.lr=1e30,0.1", f"paths.root={tmp_path}"]
+    proc = run_cli([*args, f"hydra.sweep.dir={sweep}", "tracking.system_metrics_every_s=null"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "seal-exp: run failed: the loss became non-finite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    runs = {r.data.params.get("optim.lr"): r.info.status for r in tracked_runs(tmp_path, "distill")}
+    assert runs == {"1e+30": "FAILED", "0.1": "FINISHED"}
+    (parent,) = [r for r in tracked_runs(tmp_path) if r.data.tags.get("sweep.parent") == "true"]
+    assert parent.info.status == "FAILED"

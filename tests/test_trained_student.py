@@ -52,8 +52,9 @@ def test_every_way_to_name_the_run_gives_the_same_network(finished):
 
 
 def test_the_run_logs_its_student_as_an_mlflow_model(finished):
-    """A logged model ``student`` of the run (the UI's Models column), READY, registered as asked, and
-    loadable by MLflow alone from ``runs:/<id>/student`` or ``models:/<model id>``."""
+    """A logged model of the run (the UI's Models column) named after the run, READY, with the run's
+    params and its headline figures on its own page, registered as asked, and loadable by MLflow alone
+    from ``runs:/<id>/<model name>`` or ``models:/<model id>``."""
     import mlflow.pytorch
 
     root, _, summary = finished
@@ -61,11 +62,14 @@ def test_the_run_logs_its_student_as_an_mlflow_model(finished):
     run_id = summary["mlflow_run_id"]
     client = MlflowClient(store)
     run = client.get_run(run_id)
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string="name = 'student'"
-    )
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     (model,) = [m for m in models if m.source_run_id == run_id]
+    # named after the run, decimals with a comma (MLflow refuses dots in model names)
+    assert model.name == run.info.run_name.replace(".", ",") and "seed=0" in model.name
     assert str(model.status).endswith("READY")
+    assert model.params == run.data.params
+    shown = {m.key: m.value for m in model.metrics or []}
+    assert shown["test_acc"] == pytest.approx(summary["test_acc"])  # the figure a table quotes
     assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
     (version,) = client.search_model_versions("name='digits-seal'")
     assert (version.run_id, version.source) == (run_id, model.artifact_location)
@@ -73,7 +77,7 @@ def test_the_run_logs_its_student_as_an_mlflow_model(finished):
     expected = load_student(run_id, tracking_uri=store)(x)
     mlflow.set_tracking_uri(store)
     try:
-        for uri in (f"runs:/{run_id}/student", f"models:/{model.model_id}"):
+        for uri in (f"runs:/{run_id}/{model.name}", f"models:/{model.model_id}"):
             assert torch.equal(mlflow.pytorch.load_model(uri)(x), expected), uri
     finally:
         mlflow.set_tracking_uri(None)

@@ -180,8 +180,8 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     (run,) = tracked_runs(tmp_path)
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     assert (
-        run.info.run_name == "seal α=0.6 β=0.15 τ=3 T=4 seed=0"
-    )  # what differs between runs, as papers write it
+        run.info.run_name == "[smoke] seal α=0.6 β=0.15 τ=3 T=4 seed=0"
+    )  # what differs between runs, as papers write it; [smoke]: cut short (debug=smoke), no result
     params = run.data.params
     # the method's settings under its own name; classes, not import paths; no machine paths
     assert (params["method"], params["seal.alpha"], params["seal.beta"]) == ("seal", "0.6", "0.15")
@@ -232,13 +232,20 @@ def test_run_is_tracked_in_mlflow_with_params_metrics_and_artifacts(tmp_path):
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "seal-exp/digits"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
-    from seal_exp.tracking import runs_tables
+    from seal_exp.results.mlflow_views import runs_tables
 
-    query = "searchFilter=tags.stage%20%3D%20%22distill%22&orderByKey=metrics.%60test_acc%60&orderByAsc=false"
-    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?{query}"
+    # make ui's URL opens a shared view: the students, best selected test accuracy first, with the
+    # headline metrics as visible columns (the UI keeps columns in the browser, a shared view in a tag)
+    url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey="
     assert runs_tables(f"sqlite:///{tmp_path}/mlflow.db", "http://127.0.0.1:5000") == [
-        f"seal-exp/digits: 1 runs  {url}"
+        f"seal-exp/digits: 1 students  {url}seal-exp-students"
     ]
+    shared = json.loads(
+        client.get_experiment(run.info.experiment_id).tags["mlflow.sharedViewState.seal-exp-students"]
+    )
+    assert shared["searchFilter"] == 'tags.stage = "distill"' and shared["orderByKey"] == "metrics.`test_acc`"
+    assert shared["orderByAsc"] is False
+    assert shared["selectedColumns"][:2] == ["metrics.`test_acc`", "metrics.`best_val_acc`"]
 
 
 def test_a_crashing_run_is_marked_failed_with_its_traceback(tmp_path, monkeypatch):
@@ -353,3 +360,64 @@ def test_system_metrics_are_sampled_into_the_run(tmp_path):
         run.data.metrics
     )
     assert run.info.status == "FINISHED"
+
+
+def test_a_run_under_umask_002_leaves_every_file_group_writable(tmp_path):
+    """A group sharing the project (umask 002) can write all a run makes: the MLflow store (SQLite creates
+    it 0o644 whatever the umask), its artifacts, the teacher cache, the run folder and its checkpoints."""
+    import os
+    import stat
+
+    root = tmp_path / "shared"
+    old = os.umask(0o002)
+    try:
+        train(make_cfg(root, [*SMOKE, "trainer.figures=true"], output=root / "outputs" / "run"))
+    finally:
+        os.umask(old)
+    made = {p.relative_to(root): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*")}
+    assert made[Path("mlflow.db")] == 0o664
+    for kind in ("mlartifacts", ".cache/teachers", "outputs/run/best.pt", "outputs/run/summary.json"):
+        assert any(str(p).startswith(kind) for p in made), kind
+    wrong = {str(p): oct(m) for p, m in made.items() if m != (0o775 if (root / p).is_dir() else 0o664)}
+    assert not wrong
+
+
+@pytest.mark.slow
+def test_a_refused_config_leaves_no_folder_behind(tmp_path):
+    """Hydra makes the run's folder before the config is checked: a refused run removes it (and the dated
+    folder made with it), but never a folder that was there before."""
+    from tests.conftest import run_cli
+
+    proc = run_cli([*SMOKE, f"paths.root={tmp_path}", "distiller.alpha=-1"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "distiller.alpha=-1 is invalid" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    given = tmp_path / "given"
+    given.mkdir()
+    proc = run_cli(
+        [*SMOKE, f"paths.root={tmp_path}", "distiller.alpha=-1", f"hydra.run.dir={given}"], cwd=tmp_path
+    )
+    assert proc.returncode == 2 and given.is_dir()
+
+
+@pytest.mark.slow
+def test_a_runs_output_and_log_hold_no_third_party_info_lines(tmp_path):
+    """matplotlib's PDF backend has fontTools log every font it subsets (hundreds of INFO lines a run), and
+    MLflow announces the store it creates: neither reaches the console, a SLURM log or train.log."""
+    from tests.conftest import run_cli
+
+    args = [
+        *SMOKE,
+        "distiller=none",
+        f"paths.root={tmp_path}",
+        "trainer.figures=true",
+        "tracking.log_model=false",
+    ]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (log_file,) = tmp_path.glob("outputs/*/*/train.log")
+    assert list(log_file.parent.glob("training_curves.pdf"))
+    for where, text in (("output", proc.stdout + proc.stderr), ("train.log", log_file.read_text())):
+        assert text.count("fontTools") == 0, where
+        info = [line for line in text.splitlines() if "INFO" in line and "][seal_exp" not in line]
+        assert info == [], where

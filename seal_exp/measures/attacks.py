@@ -14,6 +14,10 @@ Forward passes per batch and ε (each one followed by ``reset``, when given):
 * ``pgd``: ``steps`` (one gradient per step; the random start needs none), then 1 more to score it;
 
 and :func:`robust_accuracy` makes 1 clean forward per batch, once for all ε.
+
+A sample counts as robust only if the network classifies it correctly both clean and attacked: a sample it
+already gets wrong is already adversarial, even when PGD's random start or a step happens to land on the
+right class. So robust accuracy never exceeds the clean accuracy of the same samples.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from seal_exp.config import require
+from seal_exp.run.files import ROBUST_CLEAN, ROBUST_PREFIX
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -213,11 +218,18 @@ class Robustness:
     steps: int | None  # pgd only
     step_size: dict[float, float] | None  # pgd only: the step size used per eps
 
+    def figures(self) -> dict[str, float]:
+        """The flat figures tables quote (``summary.json``, ``evaluation.json``):
+        ``robust_acc_<attack>_eps<ε>`` and, named after the same attack, ``robust_acc_<attack>_clean``, the
+        clean accuracy of the same samples, so each attack's figures stay paired with their clean accuracy."""
+        prefix = f"{ROBUST_PREFIX}{self.attack}"
+        return {f"{prefix}{ROBUST_CLEAN}": self.clean_acc} | {
+            f"{prefix}_eps{format(eps, 'g')}": a for eps, a in self.acc.items()
+        }
+
     def as_metrics(self) -> dict[str, float]:
-        """Flat names for the tracker: ``robust/clean_acc`` and ``robust/<attack>_eps<eps>``."""
-        metrics = {"robust/clean_acc": self.clean_acc}
-        metrics.update({f"robust/{self.attack}_eps{format(eps, 'g')}": a for eps, a in self.acc.items()})
-        return metrics
+        """The tracker's metrics: :meth:`figures` and ``robust_samples_<attack>``, the samples they are on."""
+        return self.figures() | {f"robust_samples_{self.attack}": float(self.samples)}
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (ε keys written as strings with ``format(eps, "g")``)."""
@@ -231,6 +243,19 @@ class Robustness:
             if self.step_size is None
             else {format(eps, "g"): s for eps, s in self.step_size.items()},
         }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Robustness:
+        """What :meth:`as_dict` wrote, back (ε keys as floats again)."""
+        sizes = record.get("step_size")
+        return cls(
+            attack=str(record["attack"]),
+            samples=int(record["samples"]),
+            clean_acc=float(record["clean_acc"]),
+            acc={float(eps): float(a) for eps, a in record["acc"].items()},
+            steps=record.get("steps"),
+            step_size=None if sizes is None else {float(eps): float(s) for eps, s in sizes.items()},
+        )
 
 
 def _first_samples(loader: Iterable[tuple[Tensor, Tensor]], samples: int) -> list[tuple[Tensor, Tensor]]:
@@ -246,12 +271,14 @@ def _first_samples(loader: Iterable[tuple[Tensor, Tensor]], samples: int) -> lis
     return batches
 
 
-def _correct(model: Model, x_norm: Tensor, y: Tensor, reset: Reset | None) -> int:
-    with torch.no_grad():
-        right = int((prediction_logits(model(x_norm)).argmax(dim=1) == y).sum())
-    if reset is not None:
-        reset()
-    return right
+def _correct(model: Model, x_norm: Tensor, y: Tensor, reset: Reset | None) -> Tensor:
+    """Which samples the model classifies correctly (a bool per sample)."""
+    try:
+        with torch.no_grad():
+            return prediction_logits(model(x_norm)).argmax(dim=1) == y
+    finally:
+        if reset is not None:
+            reset()
 
 
 def robust_accuracy(
@@ -271,7 +298,9 @@ def robust_accuracy(
     """Accuracy (percent) of ``model`` under ``attack`` at each ε on the loader's first ``samples`` samples.
 
     The model is used as given: the caller puts it in eval mode (and on ``device``). ``reset`` is called after
-    every forward pass, since spiking networks keep membrane state between calls. Forward passes per batch:
+    every forward pass, since spiking networks keep membrane state between calls. A sample is counted under
+    attack only if it is classified correctly both clean and attacked (see the module docstring), so each
+    accuracy under attack is at most ``clean_acc``. Forward passes per batch:
     1 clean, then per ε 2 for fgsm and ``steps + 1`` for pgd (see the module docstring). PGD's step size
     defaults to 2.5 · eps / steps (Madry et al.) and its random starts come from one generator seeded with
     ``seed`` per ε, so each ε's result does not depend on which others were asked for. If the loader holds
@@ -297,8 +326,10 @@ def robust_accuracy(
     taken = sum(len(y) for _, y in batches)
     require(taken > 0, "loader", loader, "yielded no samples")
 
-    # Clean accuracy on the inputs exactly as the loader gave them, i.e. as the test accuracy is measured.
-    clean = sum(_correct(model, x.to(device), y.to(device), reset) for x, y in batches)
+    # Clean accuracy on the inputs exactly as the loader gave them, i.e. as the test accuracy is measured;
+    # which samples are right clean is kept per batch: only those can be right under attack.
+    clean_right = [_correct(model, x.to(device), y.to(device), reset) for x, y in batches]
+    clean = sum(int(right.sum()) for right in clean_right)
     acc: dict[float, float] = {}
     sizes: dict[float, float] = {}
     import foolbox
@@ -310,10 +341,10 @@ def robust_accuracy(
         method = foolbox.attacks.FGSM() if attack == "fgsm" else _pgd_attack(steps, size)
         right = 0
         with _seeded(seed, torch.device(device)):  # each ε from the seed: independent of the other ε asked
-            for x_norm, y in batches:
+            for (x_norm, y), right_clean in zip(batches, clean_right, strict=True):
                 x_norm, y = x_norm.to(device), y.to(device)
                 _, fooled = _run(method, fmodel, model, space.to_pixels(x_norm), y, eps)
-                right += int((~fooled).sum())
+                right += int((right_clean & ~fooled).sum())
         acc[eps] = 100.0 * right / taken
         sizes[eps] = size
     return Robustness(

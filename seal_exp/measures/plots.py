@@ -69,32 +69,37 @@ def accuracy_at_timesteps(
         return figures.save(fig, path)
 
 
-def robustness(path: Path, result: Robustness, title: str) -> list[Path]:
-    """Accuracy under attack against the budget ε (ε = 0: clean), on the attacked samples."""
+ATTACK_COLOURS = {"fgsm": "#e6550d", "pgd": "#a50f15"}
+
+
+def robustness(path: Path, results: Robustness | Sequence[Robustness], title: str) -> list[Path]:
+    """Accuracy under attack against the budget ε, one curve per attack, each starting at ε = 0 from the
+    clean accuracy of the samples that attack was measured on (the attacks may be on different samples)."""
+    results = [results] if isinstance(results, Robustness) else list(results)
     with figures.style() as plt:
         fig, ax = plt.subplots(figsize=(4.2, 3.2))
-        budgets = [0.0, *sorted(result.acc)]
-        ax.plot(budgets, [result.clean_acc, *(result.acc[e] for e in budgets[1:])], "o-", color="#a50f15")
-        for eps in budgets[1:]:
-            ax.annotate(
-                f"{result.acc[eps]:.1f}",
-                (eps, result.acc[eps]),
-                textcoords="offset points",
-                xytext=(0, 5),
-                ha="center",
-                fontsize=7,
-            )
-        ax.annotate(
-            f"clean {result.clean_acc:.1f}",
-            (0, result.clean_acc),
-            textcoords="offset points",
-            xytext=(4, -12),
-            fontsize=7,
-        )
+        budgets = sorted({0.0, *(eps for r in results for eps in r.acc)})
+        for i, r in enumerate(results):
+            steps = f", {r.steps} steps" if r.steps else ""
+            xs = [0.0, *sorted(r.acc)]
+            ys = [r.clean_acc, *(r.acc[e] for e in xs[1:])]
+            colour = ATTACK_COLOURS.get(r.attack, "#3182bd")
+            label = f"{r.attack.upper()}{steps}, {r.samples} test samples (clean {r.clean_acc:.1f})"
+            ax.plot(xs, ys, "o-", color=colour, label=label)
+            for eps, acc in zip(xs[1:], ys[1:], strict=True):
+                ax.annotate(
+                    f"{acc:.1f}",
+                    (eps, acc),
+                    textcoords="offset points",
+                    xytext=(0, 5 if i % 2 == 0 else -11),  # alternate attacks above and below their points
+                    ha="center",
+                    fontsize=7,
+                    color=colour,
+                )
         figures.accuracy_axis(ax)
         ax.set_xlim(left=0)
         ax.set_xticks(budgets)
-        ax.set_xlabel("ε (L∞, pixel units)")
-        steps = f", {result.steps} steps" if result.steps else ""
-        ax.set_title(f"{title}\n{result.attack.upper()}{steps}, {result.samples} test samples")
+        ax.set_xlabel("ε (L∞, pixel units; 0: clean)")
+        ax.set_title(title)
+        figures.legend_below(ax, ncol=1)
         return figures.save(fig, path)

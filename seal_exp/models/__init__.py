@@ -9,6 +9,9 @@ from torch import nn
 
 from seal_exp.config import build, invalid
 
+# the papers train at T <= 20; far beyond, a run's memory grows until the machine runs out
+MAX_TIMESTEPS = 1024
+
 
 def neuron_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
     """A zero-argument constructor of the configured neuron, called once per spiking layer.
@@ -16,8 +19,13 @@ def neuron_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
     ``neuron.T`` belongs to the group (it is the run's number of timesteps) but not to the neuron.
     """
     T = cfg.neuron.T
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise invalid("neuron.T", T, "the number of timesteps must be an integer >= 1")
+    if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= MAX_TIMESTEPS:
+        raise invalid(
+            "neuron.T",
+            T,
+            f"the number of timesteps must be an integer >= 1, at most {MAX_TIMESTEPS}: training keeps every "
+            "timestep's activations for backpropagation through time, so memory grows with T",
+        )
     node = OmegaConf.masked_copy(cfg.neuron, [k for k in cfg.neuron if k != "T"])
     return build(node, "neuron", probe_partial=True)
 

@@ -29,6 +29,22 @@ def _check_common(v_threshold: float) -> None:
     require(v_threshold > 0, "v_threshold", v_threshold, "the firing threshold must be > 0")
 
 
+def _surrogate(factory: SurrogateFactory) -> surrogate.SurrogateFunctionBase:
+    """The layer's surrogate, its sharpness checked: spikingjelly's take any ``alpha``, and one <= 0 flips
+    or zeroes every gradient through the spikes, so the network trains the wrong way or not at all."""
+    function = factory()
+    alpha = getattr(function, "alpha", None)
+    if alpha is not None:
+        require_finite(**{"surrogate.alpha": alpha})
+        require(
+            alpha > 0,
+            "surrogate.alpha",
+            alpha,
+            "the surrogate's sharpness must be > 0 (at or below 0 it zeroes or flips the spikes' gradients)",
+        )
+    return function
+
+
 class Float32Membrane:
     """Neuron mixin: under bf16/fp16 autocast the input current is cast to float32, so the membrane,
     the threshold comparison and the reset are computed in float32 (spikes come out float32 and
@@ -67,7 +83,7 @@ class LIF(Float32Membrane, neuron.LIFNode):
             decay_input=False,
             v_threshold=float(v_threshold),
             v_reset=_reset_value(reset),
-            surrogate_function=surrogate(),
+            surrogate_function=_surrogate(surrogate),
             detach_reset=bool(detach_reset),
             step_mode="m",
         )
@@ -95,7 +111,7 @@ class PLIF(Float32Membrane, neuron.ParametricLIFNode):
             decay_input=False,
             v_threshold=float(v_threshold),
             v_reset=_reset_value(reset),
-            surrogate_function=surrogate(),
+            surrogate_function=_surrogate(surrogate),
             detach_reset=bool(detach_reset),
             step_mode="m",
         )
@@ -120,7 +136,7 @@ class IF(Float32Membrane, neuron.IFNode):
         super().__init__(
             v_threshold=float(v_threshold),
             v_reset=_reset_value(reset),
-            surrogate_function=surrogate(),
+            surrogate_function=_surrogate(surrogate),
             detach_reset=bool(detach_reset),
             step_mode="m",
         )

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from seal_exp.run.files import ROBUST_PREFIX
+from seal_exp.run.files import ROBUST_CLEAN, ROBUST_PREFIX
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -52,8 +52,8 @@ def write_csv_table(path: Path, header: Sequence[str], rows: Iterable[Sequence[A
         writer.writerows(rows)
 
 
-# Figures measured beyond top-1 that tables show when a run has them, in this order, then every
-# robust_acc_<attack>_eps<ε> (by attack, then ε).
+# Figures measured beyond top-1 that tables show when a run has them, in this order, then per attack its
+# robust_acc_<attack>_clean (clean accuracy of the samples it attacked) and every robust_acc_<attack>_eps<ε>.
 MEASURED_COLUMNS = ("firing_rate", "synops", "energy_uj", "energy_ratio")
 _TITLES = {
     "firing_rate": "firing rate",
@@ -70,9 +70,12 @@ _FORMATS = {  # key → (divisor, decimals, suffix): what a Markdown cell shows;
 
 
 def robust_parts(key: str) -> tuple[str, float] | None:
-    """``robust_acc_pgd_eps0.03`` → ("pgd", 0.03); None for any other key (so a ``…_sd`` never counts)."""
+    """``robust_acc_pgd_eps0.03`` → ("pgd", 0.03), ``robust_acc_pgd_clean`` → ("pgd", 0.0) (a budget of 0: the
+    clean accuracy of the samples PGD attacked); None for any other key (so a ``…_sd`` never counts)."""
     if not key.startswith(ROBUST_PREFIX):
         return None
+    if key.endswith(ROBUST_CLEAN) and len(key) > len(ROBUST_PREFIX) + len(ROBUST_CLEAN):
+        return key[len(ROBUST_PREFIX) : -len(ROBUST_CLEAN)], 0.0
     attack, sep, eps = key[len(ROBUST_PREFIX) :].rpartition("_eps")
     try:
         budget = float(eps)
@@ -83,7 +86,8 @@ def robust_parts(key: str) -> tuple[str, float] | None:
 
 def measured_columns(results: Iterable[dict[str, Any]], fixed: Sequence[str] = MEASURED_COLUMNS) -> list[str]:
     """The measured figures that at least one run has a number for: the ``fixed`` ones in their order, then
-    the robust accuracies by attack and ε, so a table of older runs gains no empty columns."""
+    per attack its clean accuracy and its robust accuracies by ε, so a table of older runs gains no empty
+    columns."""
     present: set[str] = set()
     for result in results:
         present |= {
@@ -98,8 +102,12 @@ def measured_columns(results: Iterable[dict[str, Any]], fixed: Sequence[str] = M
 
 
 def column_title(key: str) -> str:
-    """A measured figure's Markdown header: ``SynOps (M)``, ``PGD ε=0.03``; other keys as they are."""
-    if robust_parts(key) is not None:
+    """A measured figure's Markdown header: ``SynOps (M)``, ``PGD clean``, ``PGD ε=0.03``; other keys as
+    they are."""
+    parts = robust_parts(key)
+    if parts is not None:
+        if key.endswith(ROBUST_CLEAN):
+            return f"{parts[0].upper()} clean"
         attack, _, eps = key[len(ROBUST_PREFIX) :].rpartition("_eps")
         return f"{attack.upper()} ε={eps}"
     return _TITLES.get(key, key)
@@ -135,5 +143,9 @@ def measured_note(columns: Sequence[str]) -> str:
     }
     said = [parts[k] for k in columns if k in parts]
     if any(robust_parts(k) is not None for k in columns):
-        said.append("`<attack> ε=…`: test accuracy (%) under that L∞ attack of budget ε")
+        said.append(
+            "`<attack> ε=…`: test accuracy (%) under that L∞ attack of budget ε, a sample counting only "
+            "if it is right both clean and attacked; `<attack> clean`: the clean accuracy of the samples "
+            "that attack was measured on"
+        )
     return "; ".join(said) + "." if said else ""

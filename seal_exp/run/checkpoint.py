@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from seal_exp.config import RunFailed
 
 
 def current_umask() -> int:
@@ -30,26 +33,48 @@ def current_umask() -> int:
     return mask
 
 
+class CheckpointWriteError(RunFailed):
+    """A checkpoint could not be written (disk full, quota, I/O error); the one it replaces is intact."""
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` next to ``path`` then rename it into place: a reader sees the old file or the new one.
 
     The file gets the mode a plain ``open()`` would give it (0o666 less the umask), not ``mkstemp``'s
-    0o600, so a group sharing checkpoints or the teacher cache can read it.
+    0o600, so a group sharing checkpoints or the teacher cache can read it. A write the file system
+    refuses raises :class:`CheckpointWriteError`, one line saying what failed, where, and what to do.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointWriteError(write_failure(path, exc)) from exc
         raise
     return path
+
+
+def write_failure(path: Path, exc: OSError) -> str:
+    """What failed, where, and what to do, in one line."""
+    code = errno.errorcode.get(exc.errno or 0)
+    why = f"{code}: {exc.strerror}" if code and exc.strerror else str(exc)
+    kept = f"the previous {path.name} there is intact" if path.is_file() else "nothing was left in its place"
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "Free space on that file system" if full else f"Check that {path.parent} can be written"
+    return (
+        f"could not write {path} ({why}); {kept}. {fix} (or point hydra.run.dir, paths.cache at another "
+        "one), then run the same command to continue from the last checkpoint."
+    )
 
 
 def load(path: str | Path) -> Any:

@@ -4,7 +4,9 @@ The rank and world size come from the launch environment (torchrun's ``RANK``/``
 ``LOCAL_RANK``, or submitit's job environment, exported the same way); nothing is configured by
 hand. ``trainer.batch_size`` stays the global batch, split evenly over the ranks, so a recipe means
 the same on 1 or 8 GPUs. Rank 0 alone tracks, writes checkpoints and summaries; decisions that must
-agree (skip, resume, stop at the pre-timeout signal, non-finite loss) are taken once and shared.
+agree (skip, resume, stop at the pre-timeout signal, non-finite loss) are taken once and shared, and
+so is the model: after every epoch rank 0's weights and BatchNorm statistics are copied to every rank
+(:meth:`Distributed.broadcast_state`), so what is evaluated, selected, saved and used is one state.
 
 Control messages travel over a CPU (gloo) group, so agreeing on "stop now?" at every step never
 synchronises the GPU.
@@ -20,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,31 @@ class Distributed:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self.control)
         return out
+
+    def broadcast_state(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers into ``module`` on every rank, in place.
+
+        DDP keeps the parameters equal, but each rank's BatchNorm running statistics follow its own
+        shard (DDP hands rank 0's to the others only at the start of the next forward pass). Without
+        this the ranks would evaluate, select and go on using models that differ from each other and
+        from the one rank 0 saves. One broadcast per device and dtype; values are copied bit for bit.
+        """
+        if not self.enabled:
+            return
+        by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for tensor in (*module.parameters(), *module.buffers()):
+            by_kind.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+        with torch.no_grad():
+            for (device, _), tensors in by_kind.items():
+                flat = torch.cat([t.detach().reshape(-1) for t in tensors])  # logical order, any layout
+                # CUDA tensors over the process group's own backend; CPU ones over the gloo group
+                dist.broadcast(flat, src=0, group=None if device.type == "cuda" else self.control)
+                if self.is_main:
+                    continue
+                offset = 0
+                for t in tensors:
+                    t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                    offset += t.numel()
 
     def barrier(self) -> None:
         if self.enabled:

@@ -9,6 +9,9 @@ naming the keys, before any data is read.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ class Progress:
     best_test_acc: float | None = None  # the papers' best test accuracy over epochs, when tested each epoch
     best_model: dict[str, Any] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    attempt_first_step: int = 0  # global_step when this process took over (not saved: per attempt)
 
     @classmethod
     def of(cls, state: dict[str, Any]) -> Progress:
@@ -106,14 +110,20 @@ def rank_rng(state: dict[str, Any], dist: Distributed) -> dict[str, Any]:
 
 
 def resume_point(
-    cfg: DictConfig, out: Path, identity_cfg: dict[str, str], earlier: list[Any], data: str | None = None
+    cfg: DictConfig,
+    out: Path,
+    identity_cfg: dict[str, str],
+    elsewhere: Sequence[Path],
+    data: str | None = None,
 ) -> tuple[Path | None, dict[str, Any] | None]:
     """The ``last.pt`` this job continues from and its content, checked against the config, or Nones.
 
-    ``earlier``: the tracked runs of the same identity and data; a relaunched sweep continues the one an
-    interrupted run of this job left in its own folder. ``data``: the data's fingerprint, when known.
+    ``out``'s own ``last.pt`` first, else the first of ``elsewhere`` (the folders of this job's unfinished
+    earlier attempts, newest first) that holds one: a relaunch gets a new folder (Hydra names them by
+    time). A folder whose checkpoint moved on (:data:`CONTINUED_IN`) is followed to where it went.
+    ``data``: the data's fingerprint, when known.
     """
-    path = out / "last.pt"
+    path = out / LAST
     if path.is_file() and not cfg.resume:
         raise ConfigError(
             f"resume=false but {path} exists: set resume=true to continue it, or give the run another "
@@ -122,8 +132,8 @@ def resume_point(
     if not cfg.resume:
         return None, None
     if not path.is_file():
-        folders = [Path(r.data.tags.get("output_dir", "")) for r in earlier if r.info.status != "FINISHED"]
-        path = next((f / "last.pt" for f in folders if (f / "last.pt").is_file()), path)
+        found = (checkpoint_in(f) for f in elsewhere)
+        path = next((p for p in found if p is not None), path)
     if not path.is_file():
         return None, None
     state = read_last(path, identity_cfg)
@@ -138,6 +148,106 @@ def resume_point(
         )
     log.info("resuming from %s (epoch %d, step %d)", path, state["epoch"], state["global_step"])
     return path, state
+
+
+LAST, BEST = "last.pt", "best.pt"
+# Left in a folder whose job went on in another: that folder's path. last.pt and best.pt moved there.
+CONTINUED_IN = "continued_in.txt"
+
+
+def checkpoint_in(folder: Path) -> Path | None:
+    """The ``last.pt`` of the job that ran in ``folder``: there, or where its note says it moved."""
+    seen: set[Path] = set()
+    while folder not in seen:
+        seen.add(folder)
+        note = folder / CONTINUED_IN
+        if note.is_file():  # the note is written once the copies are in place: it wins over leftovers
+            folder = Path(note.read_text().strip())
+            continue
+        return folder / LAST if (folder / LAST).is_file() else None
+    return None
+
+
+def carry_over(last: Path, out: Path) -> Path:
+    """Move the job's ``last.pt`` and ``best.pt`` from the folder of its earlier attempt into ``out``, where
+    it continues, and leave :data:`CONTINUED_IN` there naming ``out``; the ``last.pt`` in ``out``.
+
+    The files are copied first (hard-linked on the same file system), the note written, then the old
+    ones removed: killed at any point, one folder holds the pair or the note leads to it. So the run's
+    selected model is in its folder when it ends (``best.pt``: logged with the run, measured, loaded by
+    ``load_student``), and nothing is left behind that no one points at.
+    """
+    source = last.parent
+    if source.resolve() == out.resolve():
+        return last
+    out.mkdir(parents=True, exist_ok=True)
+    moved = [name for name in (BEST, LAST) if (source / name).is_file()]  # best first: a last.pt has its best
+    for name in moved:
+        try:
+            _copy(source / name, out / name)
+        except OSError as exc:  # a full disk: nothing moved yet, the old folder still holds the job
+            raise checkpoint.CheckpointWriteError(checkpoint.write_failure(out / name, exc)) from exc
+    note = source / CONTINUED_IN
+    partial = note.with_name(f".{CONTINUED_IN}.tmp")
+    try:
+        partial.write_text(f"{out.resolve()}\n")
+        os.replace(partial, note)
+        for name in moved:
+            (source / name).unlink(missing_ok=True)
+    except OSError as exc:  # a folder this process may read but not change (another user's)
+        log.warning(
+            "continuing in %s; %s stay in %s too: it cannot be changed (%s)",
+            out,
+            " and ".join(moved),
+            source,
+            exc,
+        )
+        return out / LAST
+    log.info(
+        "continuing in %s: %s moved there from %s (%s there says where)",
+        out,
+        ", ".join(moved),
+        source,
+        CONTINUED_IN,
+    )
+    return out / LAST
+
+
+def _copy(source: Path, target: Path) -> None:
+    """``source`` at ``target``, whole or not at all (a hard link where the file system allows one)."""
+    partial = target.with_name(f".{target.name}.carried.tmp")
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, partial)
+        shutil.copymode(source, partial)
+    os.replace(partial, target)
+
+
+def job_folder_note(cache: str | Path, identity: str) -> Path:
+    """Where the folder of a job's latest attempt is noted: how a relaunch finds its ``last.pt`` with no
+    tracking store to ask (``tracking=none``)."""
+    return Path(cache) / "jobs" / f"{identity}.folder"
+
+
+def note_job_folder(cache: str | Path, identity: str, folder: Path) -> None:
+    """Note ``folder`` as where the job now keeps its checkpoints."""
+    note = job_folder_note(cache, identity)
+    note.parent.mkdir(parents=True, exist_ok=True)
+    partial = note.with_name(f".{note.name}.{os.getpid()}.tmp")
+    partial.write_text(f"{folder.resolve()}\n")
+    os.replace(partial, note)
+
+
+def noted_job_folder(cache: str | Path, identity: str) -> Path | None:
+    """The folder :func:`note_job_folder` noted last for this job, if any."""
+    note = job_folder_note(cache, identity)
+    try:
+        text = note.read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
 
 
 def _check_code(path: Path, state: dict[str, Any], across: bool) -> None:

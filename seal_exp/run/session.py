@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from seal_exp.config import ConfigError
+from seal_exp.config import ConfigError, RunFailed
 from seal_exp.run import checkpoint, preemption
 from seal_exp.run import files as run_files
 from seal_exp.run.claim import Claim, claim
@@ -31,8 +31,9 @@ from seal_exp.run.identity import (
     job_identity,
     same_data,
 )
-from seal_exp.run.preemption import Preempted
-from seal_exp.run.resume import resume_point
+from seal_exp.run.preemption import Guard, Preempted, Stopped
+from seal_exp.run.resume import carry_over, note_job_folder, noted_job_folder, resume_point
+from seal_exp.run.startup import process_age_s
 from seal_exp.tracking import (
     IDENTITY_TAG,
     download_json,
@@ -120,7 +121,7 @@ def _claim(cfg: DictConfig, job: Job) -> Claim:
     """Take the job's claim and check that its folder holds no other job's results."""
     summary = job.out / "summary.json"
     if summary.is_file():
-        theirs = run_files.read_summary(summary).get("identity")
+        theirs = (_read_summary(summary)[0] or {}).get("identity")  # damaged: whose it is is unknown
         if theirs not in (None, job.identity):
             raise ConfigError(
                 f"{job.out} holds the results of another job (identity {theirs}, this one {job.identity}): "
@@ -149,7 +150,8 @@ def _decide(cfg: DictConfig, tracker: Any, job: Job) -> dict[str, Any]:
     if cfg.skip_finished and other is not None:
         print(_other_data_line(cfg, other, job), flush=True)
     try:
-        path, job.resume = resume_point(cfg, job.out, job.identity_cfg, earlier, job.data)
+        elsewhere = _earlier_folders(cfg, job, earlier)
+        path, job.resume = resume_point(cfg, job.out, job.identity_cfg, elsewhere, job.data)
     except ConfigError as exc:  # a last.pt of this job that cannot be continued: its run ends FAILED
         for run in earlier:
             folder = Path(run.data.tags.get("output_dir", ""))
@@ -157,9 +159,23 @@ def _decide(cfg: DictConfig, tracker: Any, job: Job) -> dict[str, Any]:
                 tracker.mark_failed(run.info.run_id, str(exc))
         raise
     if path is not None:
+        path = carry_over(path, job.out)  # a relaunch in a new folder takes the checkpoints with it
+    note_job_folder(cfg.paths.cache, job.identity, job.out)
+    if path is not None:
         return {"resume_from": str(path)}
     interrupted = next((r for r in earlier if r.info.status in ("RUNNING", "KILLED")), None)
     return {"resume_from": None, "reattach": interrupted.info.run_id if interrupted and cfg.resume else None}
+
+
+def _earlier_folders(cfg: DictConfig, job: Job, earlier: list[Any]) -> list[Path]:
+    """Where this job's unfinished earlier attempts ran, newest first: the tracked runs' folders, then the
+    folder noted in the cache (all there is with ``tracking=none``) unless its job finished there."""
+    tagged = (r.data.tags.get("output_dir") for r in earlier if r.info.status != "FINISHED")
+    folders = [Path(folder) for folder in tagged if folder]
+    noted = noted_job_folder(cfg.paths.cache, job.identity)
+    if noted is not None and noted not in folders and not (noted / "summary.json").is_file():
+        folders.append(noted)
+    return folders
 
 
 def _other_data_line(cfg: DictConfig, run: Any, job: Job) -> str:
@@ -190,13 +206,32 @@ def record_data(tracker: Any, job: Job, fingerprint: str | None, name: str = "",
 
 
 def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
-    """Report the earlier run and copy its summary here, so this sweep's folder is complete too."""
+    """Report the earlier run and copy its summary here, so this sweep's folder is complete too.
+
+    The summary is read from the earlier run's folder, else (gone, or its file damaged) from the copy
+    tracked with the run; with neither readable the job is refused, naming the file."""
     earlier_out = Path(run.data.tags.get("output_dir", ""))
-    if (earlier_out / "summary.json").is_file():
-        summary = run_files.read_summary(earlier_out / "summary.json")
-    else:  # that folder is gone (another machine, cleaned up): the copy tracked with the run
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = download_json(tracker.client, run.info.run_id, Path(tmp)) or {}
+    local = earlier_out / "summary.json"
+    summary, damage = _read_summary(local) if local.is_file() else (None, "")
+    if summary is None:  # that folder is gone (another machine, cleaned up), or its file damaged
+        with tempfile.TemporaryDirectory() as tmp:  # the copy tracked with the run
+            tracked = download_json(tracker.client, run.info.run_id, Path(tmp))
+        summary = tracked if isinstance(tracked, dict) else None
+        if damage and summary is None:
+            raise ConfigError(
+                f"{local}, the summary of this job's FINISHED MLflow run {run.info.run_id}, cannot be read "
+                f"({damage}) and the run holds no readable copy: restore the file, or pass "
+                "skip_finished=false to train the job again."
+            )
+        if damage:
+            log.warning(
+                "%s cannot be read (%s): using the copy tracked with MLflow run %s (copy that over the file "
+                "to mend it)",
+                local,
+                damage,
+                run.info.run_id,
+            )
+        summary = summary or {}
     summary |= {"skipped": True, "reused_run": run.info.run_id, "identity": job.identity}
     if summary.get("stage") is not None and job.out.resolve() != earlier_out.resolve():
         job.out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +248,15 @@ def _already_finished(run: Any, tracker: Any, job: Job) -> dict[str, Any]:
         flush=True,
     )
     return summary
+
+
+def _read_summary(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """A ``summary.json``'s content; None and why, for a file that cannot be read (damaged, cut short)."""
+    try:
+        summary = run_files.read_summary(path)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"{type(exc).__name__}: {exc}"
+    return (summary, "") if isinstance(summary, dict) else (None, "it holds no JSON object")
 
 
 RESOLVED_CONFIG = "config.yaml"  # the run's resolved config, in its folder and with its MLflow run
@@ -237,12 +281,15 @@ def start_tracking(cfg: DictConfig, tracker: Any, job: Job, run_name: str, tags:
     method = method_name(cfg)
     tags["method"] = method
     run_id = job.resume.get("mlflow_run_id") if job.resume else job.reattach
+    resolved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    text = OmegaConf.to_yaml(resolved, resolve=True)  # paths and all
     if not (run_id and tracker.reattach(run_id, tags)):
         tracker.start(run_name, run_params(cfg, method), tags, context["parent_run_id"])
-        resolved = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        text = OmegaConf.to_yaml(resolved, resolve=True)  # paths and all
-        (job.out / RESOLVED_CONFIG).write_text(text)  # what `python -m seal_exp.evaluate` rebuilds from
         tracker.log_text(text, RESOLVED_CONFIG)
+    # in every folder the job runs in (a relaunch may continue in a new one): what
+    # `python -m seal_exp.evaluate` rebuilds the run from
+    (job.out / RESOLVED_CONFIG).write_text(text)
+    tracker.log_artifact(job.out / ".hydra", ".hydra")
 
 
 def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
@@ -259,37 +306,77 @@ def checkpoint_record(tracker: Any, job: Job) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def tracked(tracker: Any, job: Job, dist: Distributed) -> Iterator[Callable[[], bool]]:
-    """Run the job's body with the pre-timeout signal deferred (yields "was it sent?") and close the
-    tracked run with the status it ended in: FINISHED, KILLED (interrupt, preemption) or FAILED."""
+def guarded(tracker: Any, dist: Distributed) -> Iterator[Guard | Any]:
+    """Run a job with its signals handled from its first moment (:mod:`seal_exp.run.preemption`; the
+    guard yielded says what was asked) and close its tracked run, once one is open, with the status it
+    ended in: KILLED (a stop signal, the pre-timeout signal, Ctrl-C twice) or FAILED; :func:`finish`
+    closes it FINISHED.
+
+    A stop signal ends the process with 128 + its number and one line, whatever the job was doing; the
+    pre-timeout signal hands the job over to the scheduler (submitit requeues it), or exits 140.
+    """
     with preemption.deferred() as guard:
         try:
-            tracker.log_artifact(job.out / ".hydra", ".hydra")
-            yield guard.requested
-        except Preempted as exc:
-            if guard.stop_signal is not None:  # SIGTERM / SIGINT: stop here, the same command resumes
+            guard.act_on_pending("before the job started: nothing to checkpoint yet")
+            yield guard
+        except (Preempted, Stopped) as exc:
+            guard.stopping = True  # closing the run: a further signal changes nothing
+            stop = guard.stop_signal
+            if stop is not None:  # SIGTERM / SIGINT / SIGHUP: stop here, the same command resumes
                 _close(tracker, "KILLED")
                 print(
-                    f"seal-exp: stopped by {guard.stop_signal.name}: {exc}; run the same command to resume.",
+                    f"seal-exp: stopped by {stop.name}: {exc}; run the same command to resume.",
                     file=sys.stderr,
                     flush=True,
                 )
-                raise SystemExit(128 + int(guard.stop_signal)) from None
+                raise SystemExit(128 + int(stop)) from None
             log.warning("%s; handing over to the scheduler (the next start resumes from it)", exc)
+            said = preemption.attempt_line(exc, process_age_s()) if isinstance(exc, Preempted) else None
+            if said and dist.is_main:
+                print(f"seal-exp: {said}", file=sys.stderr, flush=True)
             _close(tracker, "KILLED")
             # submitit's other tasks wait for the requeue to stop them, as submitit itself does
             guard.hand_over(wait_for_requeue=dist.launcher == "submitit" and not dist.is_main)
             raise
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            _close(tracker, status, traceback.format_exc())
+            guard.stopping = True
+            if not guard.complete:
+                status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+                _close(tracker, status, traceback.format_exc())
             raise
+
+
+def finish(tracker: Any, guard: Guard | Any) -> None:
+    """The job's results are written: close its run FINISHED, a signal meanwhile waiting for that."""
+    guard.finishing()
     tracker.finish("FINISHED")
+    guard.complete = True
+
+
+def stop_if_signalled(guard: Guard | Any, tracker: Any) -> None:
+    """A stop signal that came while the run was being closed ends the process now, as every stop does
+    (an in-process sweep stops with it); the run is FINISHED, nothing is left to resume."""
+    if guard.stop_signal is not None:
+        run = f"MLflow run {tracker.run_id}" if tracker.run_id else "the run"
+        print(
+            f"seal-exp: stopped by {guard.stop_signal.name} as the job ended: {run} is FINISHED, its results "
+            "are written; nothing to resume.",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + int(guard.stop_signal))
 
 
 def _close(tracker: Any, status: str, error: str | None = None) -> None:
     try:
         tracker.finish(status, error) if error is not None else tracker.finish(status)
+    except RunFailed:  # the store fails too (StoreFault): one line here, the job's own line says what to do
+        log.warning(
+            "MLflow run %s could not be marked %s (its store fails): it shows RUNNING until the same "
+            "command resumes it",
+            tracker.run_id,
+            status,
+        )
     except Exception:  # never let the tracker hide the real error
         log.exception("could not close the tracked run")
 

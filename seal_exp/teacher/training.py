@@ -1,7 +1,8 @@
 """Training the ANN teacher once, into the cache: cross-entropy through the shared training loop.
 
 Parallel jobs that need the same teacher wait on a file lock, and the later ones reuse the cached
-file. Data-parallel, all ranks train it together and rank 0 writes the cache. An interrupted teacher
+file. Data-parallel, all ranks train it together, hold the same state after every epoch (rank 0's,
+BatchNorm statistics included) and rank 0 writes it to the cache. An interrupted teacher
 training (timeout, preemption) continues from ``<cache file>.partial/last.pt`` on the next start.
 """
 
@@ -64,13 +65,16 @@ class TeacherStage:
         plan, teacher, dist = self.plan, self.plan.teacher, self.dist
         teacher.model.to(plan.device)
         if teacher.training is not None:
+            # every rank now holds the state written to the cache (the loop shares rank 0's after every
+            # epoch), so this run goes on exactly as one that finds the teacher cached
             teacher.record = self.train_into_cache()
-            test_acc = teacher.record["test_acc"]
-        else:  # measured on this run's test split, whatever split it was trained with
-            # (and checked against the data again: an event dataset's fingerprint is known once it is built)
+        else:  # checked against the data again: an event dataset's fingerprint is known once it is built
             cache.check_data(teacher.record, teacher.source, self.data_fingerprint)
-            limit = plan.settings.limit_eval_batches
-            test_acc = evaluate(teacher.model, self.test_loader, plan.device, limit, dist).acc
+        # measured on this run's test split (whatever split it was trained with) and as this run measures
+        # (trainer.limit_eval_batches, not the recipe's): a teacher just trained and the same teacher from
+        # the cache report the same accuracy
+        limit = plan.settings.limit_eval_batches
+        test_acc = evaluate(teacher.model, self.test_loader, plan.device, limit, dist).acc
         teacher.model.requires_grad_(False)  # frozen from here on (and left out of DDP's gradient sync)
         if teacher.record.get("data_split_id") not in (None, self.data.split_id):
             log.warning(
@@ -159,6 +163,7 @@ class TeacherStage:
             checkpoint_dir=partial_dir,
             should_stop=self.should_stop,
             dist=dist,
+            on_nonfinite=training.on_nonfinite,
         )
         result = fit(job, resume)
         if dist.is_main:

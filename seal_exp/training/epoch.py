@@ -16,14 +16,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from seal_exp.config import RunFailed
 from seal_exp.models.neurons import reset_spiking_state
 from seal_exp.run import checkpoint
 from seal_exp.run.distributed import SINGLE, Distributed
 from seal_exp.training.progress_lines import ProgressLines
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the message names the step, the terms and the last good checkpoint."""
+class NonFiniteLoss(RunFailed):
+    """The loss became NaN or infinite; the message names the step, the terms, the last good checkpoint and
+    the settings to change."""
+
+
+NONFINITE_ADVICE = "lower the learning rate (optim.lr) or check the inputs"  # a loop told nothing better
 
 
 def _limited(n_batches: int, limit: int | None) -> int:
@@ -181,6 +186,7 @@ def train_one_epoch(
     partial: EpochTotals | None = None,
     after_step: Callable[[int, EpochTotals], None] | None = None,
     dist: Distributed = SINGLE,
+    on_nonfinite: str = NONFINITE_ADVICE,
 ) -> dict[str, float]:
     """One pass over ``loader``: the sample-weighted mean of every loss term, and the train accuracy.
 
@@ -189,7 +195,8 @@ def train_one_epoch(
     trained on, and without workers not even read.
     ``after_step(step, totals)`` runs at every step boundary (checkpoints, the pre-timeout signal).
     Data-parallel (``objective`` wrapped in DDP): the totals are summed over the ranks at the end,
-    and the ranks agree on the first non-finite step whenever one of them looks.
+    and the ranks agree on the first non-finite step whenever one of them looks. ``on_nonfinite``: what
+    the :class:`NonFiniteLoss` tells the user to change (the run's own keys and values).
     """
     objective.train()
     totals = partial or EpochTotals.zeros(device)
@@ -215,7 +222,8 @@ def train_one_epoch(
         logits, terms, loss = train_step(objective, optimizer, x, y, *extra)
         totals.add(terms, logits, y, loss, step)
         if step % progress_every == 0:
-            current = _lagged_check(readout, totals, loss, dist, terms, epoch, last_good) or current
+            where = (epoch, last_good, on_nonfinite)
+            current = _lagged_check(readout, totals, loss, dist, terms, where) or current
             if current is not None:
                 bar.set_postfix(loss=f"{current:.4f}")
         lines.update(step + 1, current)
@@ -223,7 +231,7 @@ def train_one_epoch(
             after_step(step, totals)
     bar.close()
     totals = totals.reduced(dist)
-    _stop_if_nonfinite(totals.bad_step.item(), terms, epoch, last_good)
+    _stop_if_nonfinite(totals.bad_step.item(), terms, epoch, last_good, on_nonfinite)
     stats = {name: (total / totals.seen).item() for name, total in totals.sums.items()}
     stats["loss"] = sum(stats.values())
     stats["acc"] = totals.correct.item() * 100.0 / totals.seen
@@ -236,16 +244,17 @@ def _lagged_check(
     loss: torch.Tensor,
     dist: Distributed,
     terms: dict[str, torch.Tensor],
-    epoch: int,
-    last_good: Path | None,
+    where: tuple[int, Path | None, str],
 ) -> float | None:
-    """Stop on a non-finite loss seen so far (all ranks agree on the first); the loss for the bar."""
+    """Stop on a non-finite loss seen so far (all ranks agree on the first); the loss for the bar.
+
+    ``where``: the epoch, the last good checkpoint and what to change, for the message."""
     values = readout.read(totals.bad_step, loss)
     first_bad, current = (int(values[0]), values[1]) if values is not None else (-1, None)
     if dist.enabled:
         agreed = dist.min_int(first_bad if first_bad >= 0 else _NO_STEP)
         first_bad = agreed if agreed < _NO_STEP else -1
-    _stop_if_nonfinite(first_bad, terms, epoch, last_good)
+    _stop_if_nonfinite(first_bad, terms, *where)
     return current
 
 
@@ -299,12 +308,18 @@ def _after_first_batches(loader: DataLoader, skip: int) -> DataLoader:
     )
 
 
-def _stop_if_nonfinite(step: int, terms: dict[str, torch.Tensor], epoch: int, last_good: Path | None) -> None:
+def _stop_if_nonfinite(
+    step: int,
+    terms: dict[str, torch.Tensor],
+    epoch: int,
+    last_good: Path | None,
+    on_nonfinite: str = NONFINITE_ADVICE,
+) -> None:
     if step < 0:
         return
     values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
     where = f"last good checkpoint: {last_good}" if last_good and last_good.exists() else "no checkpoint yet"
     raise NonFiniteLoss(
-        f"loss became non-finite at epoch {epoch}, step {step} (terms now: {values}); {where}. "
-        "Lower the learning rate (optim.lr) or check the inputs."
+        f"the loss became non-finite at epoch {epoch}, step {step} (terms now: {values}); {where}. "
+        f"{on_nonfinite[:1].upper()}{on_nonfinite[1:]}."
     )

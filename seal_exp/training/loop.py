@@ -24,7 +24,7 @@ from seal_exp.run import checkpoint
 from seal_exp.run.distributed import SINGLE, Distributed
 from seal_exp.run.preemption import Preempted
 from seal_exp.run.resume import Progress, last_checkpoint, rank_rng
-from seal_exp.training.epoch import EpochTotals, train_one_epoch
+from seal_exp.training.epoch import NONFINITE_ADVICE, EpochTotals, train_one_epoch
 from seal_exp.training.evaluate import Accuracy, evaluate
 from seal_exp.training.settings import LoopSettings
 
@@ -46,6 +46,8 @@ class Fit:
     raised) and ``best.pt`` whenever validation improves. ``checkpoint_extra()``: what the job adds to
     every ``last.pt``. Data-parallel (``dist``): the objective runs inside DistributedDataParallel on
     each rank's shard; only rank 0 writes checkpoints, decisions to save or stop are taken together.
+    ``on_nonfinite``: what to change when the loss becomes non-finite, in the run's own keys (the run
+    then fails with one line, :class:`~seal_exp.training.epoch.NonFiniteLoss`).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Fit:
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None
     best_extra: Callable[[], dict[str, Any]] | None = None  # what the job adds to best.pt (its architecture)
     dist: Distributed = field(default_factory=lambda: SINGLE)
+    on_nonfinite: str = NONFINITE_ADVICE
 
     @property
     def last_path(self) -> Path | None:
@@ -90,6 +93,7 @@ def fit(job: Fit, resume: dict[str, Any] | None = None) -> FitResult:
     ``resume`` (a loaded ``last.pt``) continues a fit exactly where it stopped.
     """
     progress, partial = restore(job, resume)
+    progress.attempt_first_step = progress.global_step
     # every rank computes its own gradients; DDP averages them (parameters start equal: same seed and
     # same checkpoint, and DDP broadcasts rank 0's anyway)
     forward = (
@@ -101,6 +105,13 @@ def fit(job: Fit, resume: dict[str, Any] | None = None) -> FitResult:
         run_epoch(job, forward, progress, epoch, partial)
         partial = None
     return select_and_test(job, progress)
+
+
+def steps_per_epoch(job: Fit) -> int:
+    """Optimiser steps in one epoch: the loader's batches, or ``limit_train_batches`` of them."""
+    batches = len(job.train_loader)
+    limit = job.settings.limit_train_batches
+    return batches if limit is None else min(batches, limit)
 
 
 def restore(job: Fit, resume: dict[str, Any] | None) -> tuple[Progress, EpochTotals | None]:
@@ -150,7 +161,11 @@ def run_epoch(
             where = (
                 f"checkpoint {job.last_path}" if job.last_path is not None else "no checkpoint for this loop"
             )
-            raise Preempted(f"{job.name}: stopped after epoch {epoch - 1} + {step + 1} steps; {where}")
+            raise Preempted(
+                f"{job.name}: stopped after epoch {epoch - 1} + {step + 1} steps; {where}",
+                progress.global_step - progress.attempt_first_step,
+                steps_per_epoch(job) * job.settings.epochs - progress.global_step,
+            )
 
     train_stats = train_one_epoch(
         forward,
@@ -166,8 +181,11 @@ def run_epoch(
         partial=partial,
         after_step=after_step,
         dist=job.dist,
+        on_nonfinite=job.on_nonfinite,
     )
     job.scheduler.step()
+    # one state on every rank (rank 0's BatchNorm statistics): the one validated, kept as the best, saved
+    job.dist.broadcast_state(job.objective)
     metrics, improved = _validate(job, progress, epoch, train_stats, lr)
     metrics["epoch_s"] = time.perf_counter() - start
     job.sink(metrics, epoch)
@@ -182,7 +200,11 @@ def run_epoch(
         save_last(job, progress, None, sampler_rng.get_state() if sampler_rng is not None else None)
     if job.dist.any(job.should_stop()) and epoch < job.settings.epochs:
         job.dist.barrier()
-        raise Preempted(f"{job.name}: stopped after epoch {epoch}; checkpoint {job.last_path}")
+        raise Preempted(
+            f"{job.name}: stopped after epoch {epoch}; checkpoint {job.last_path}",
+            progress.global_step - progress.attempt_first_step,
+            steps_per_epoch(job) * job.settings.epochs - progress.global_step,
+        )
 
 
 def _validate(
