@@ -18,7 +18,7 @@ help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make evaluate RUN=<run folder | MLflow run id> [ARGS=\"eval.attack=pgd eval.timesteps=[1,2,6]\"]  a finished run's energy, T' and robustness"
 	@echo "make test    the test suite (~9 min on 2 CPU cores; the 15 slowest tests are listed at the end)"
-	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~11 min)"
+	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~25 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
 	@echo "make ui      mlflow ui on http://127.0.0.1:$(PORT) over ROOT's mlflow.db (ROOT: paths.root, default the checkout); prints a runs-table URL per experiment and per sweep first"

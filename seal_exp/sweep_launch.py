@@ -412,4 +412,8 @@ def unfinished_table(unfinished: list[EndedWithoutResult], relaunch: str) -> str
     lines.append(f"The same command trains what is missing and resumes the stopped jobs: {relaunch}")
     if any(job.reason.startswith("configuration error") for job in unfinished):
         lines.append("A job refused for its configuration is refused again until that is changed.")
+    if any(job.reason.startswith("run failed") for job in unfinished):
+        lines.append(
+            "A job whose run failed starts again from its last checkpoint: change what its line names."
+        )
     return "\n".join(lines)

@@ -44,7 +44,7 @@ from seal_exp.run.distributed import Distributed
 from seal_exp.run.preemption import STOP_SIGNALS, Guard
 from seal_exp.run.session import Job
 from seal_exp.seeding import seed_rank
-from seal_exp.sweep_launch import SweepLaunchCallback
+from seal_exp.sweep_launch import LAUNCH, EndedWithoutResult, SweepLaunchCallback
 from seal_exp.teacher import cached_logits
 from seal_exp.teacher.training import TeacherStage
 from seal_exp.tracking import NoTracker, job_run_name
@@ -342,9 +342,23 @@ def main(cfg: DictConfig) -> float | None:
         line = f"seal-exp: run failed: {exc}"
         print(line, file=sys.stderr, flush=True)
         _into_log_files(line, logging.ERROR)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's other jobs go on; it ends with exit 1
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            sys.exit(1)
+        if os.environ.get("SUBMITIT_EXECUTOR"):  # a launcher's job: it records why there is no result
             raise CompactHydraException(line) from None
-        sys.exit(1)
+        # a job of an in-process sweep: the sweep goes on, and ends with the table of jobs without a
+        # result and exit 3, as under a launcher
+        LAUNCH.unfinished.append(
+            EndedWithoutResult(
+                int(hydra_cfg.job.num),
+                tuple(hydra_cfg.overrides.task),
+                "FAILED",
+                f"run failed: {exc}",
+                str(Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"),
+            )
+        )
+        return None
     except SystemExit as exc:  # stopped by a signal: an in-process sweep's parent is KILLED too
         if exc.code in [128 + s for s in STOP_SIGNALS]:
             SweepLaunchCallback.stopped_by = int(exc.code) - 128

@@ -36,6 +36,13 @@ def test_cli_run_prints_accuracy_and_location_last(tmp_path):
     assert run.data.tags["hydra.overrides"] == f"dataset=digits debug=smoke paths.root={tmp_path}"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
     assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= artifacts
+    # matplotlib's PDF backend has fontTools log every font it subsets (hundreds of INFO lines a run), and
+    # MLflow announces the store it creates: neither reaches the console, a SLURM log or train.log
+    assert list(summary_path.parent.glob("training_curves.pdf"))
+    for where, text in (("output", proc.stdout + proc.stderr), ("train.log", logged)):
+        assert text.count("fontTools") == 0, where
+        info = [line for line in text.splitlines() if "INFO" in line and "][seal_exp" not in line]
+        assert info == [], where
 
 
 def test_multirun_puts_its_jobs_under_one_parent_run(tmp_path):
@@ -99,12 +106,20 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
 
 
 def test_bad_value_exits_with_a_one_line_message_naming_key_and_file(tmp_path):
+    """One line naming the key, its file and the override; Hydra made the run's folder before the config
+    was checked: the refused run removes it (and the dated folder made with it), but never a folder that
+    was there before."""
     proc = run_cli(["distiller.alpha=-0.3", f"paths.root={tmp_path}"], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "seal-exp: configuration error: distiller.alpha=-0.3 is invalid: the ELA weight must be >= 0. "
         "[conf/distiller/seal.yaml; command line: distiller.alpha=-0.3]"
     )
+    assert list(tmp_path.iterdir()) == []
+    given = tmp_path / "given"
+    given.mkdir()
+    proc = run_cli(["distiller.alpha=-1", f"paths.root={tmp_path}", f"hydra.run.dir={given}"], cwd=tmp_path)
+    assert proc.returncode == 2 and given.is_dir()
     assert not Path(tmp_path, "mlflow.db").exists()
 
 

@@ -27,6 +27,8 @@ def statuses(sweep_dir: Path) -> list[str]:
     return [job.status for job in sweep_status.status(sweep_dir)]
 
 
+# The submitit launcher's sweeps (a job process each: half a minute a sweep) run in make test-slurm.
+@pytest.mark.slurm
 def test_local_sweep_completes_and_a_relaunch_trains_only_what_is_missing(tmp_path):
     first = tmp_path / "sweep-1"
     common = [*GRID, *SMOKE, "trainer.progress=false", f"paths.root={tmp_path}"]
@@ -191,7 +193,11 @@ def test_a_job_finished_on_other_data_is_shown_and_relaunched(tmp_path):
     assert " -m seal_exp.train -m " in table.split("To do so: ")[1]
 
 
-@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=local",)], ids=["in-process", "local"])
+@pytest.mark.parametrize(
+    "launcher",
+    [(), pytest.param(("hydra/launcher=local",), marks=pytest.mark.slurm)],
+    ids=["in-process", "local"],
+)
 def test_a_sweep_stopped_by_sigterm_closes_its_parent_and_its_job_killed(tmp_path, launcher):
     """``kill <launcher pid>`` while a job trains: the job checkpoints and its run is KILLED, the parent
     run is KILLED (not left RUNNING, nor FAILED), one line says so, and the status shows the job killed."""
@@ -231,6 +237,7 @@ def test_a_sweep_stopped_by_sigterm_closes_its_parent_and_its_job_killed(tmp_pat
     assert statuses(folder) == ["killed"]
 
 
+@pytest.mark.slurm
 def test_a_local_sweep_whose_job_ends_without_a_result_ends_with_its_table_and_exit_3(tmp_path):
     """One job of a local sweep refuses its config in its own process: the launcher waits for the other,
     then prints the sweep table and the job that ended without a result, with its state and its own

@@ -565,28 +565,25 @@ def test_a_finished_job_whose_summary_is_damaged_is_still_skipped(tmp_path, capl
 
 
 @pytest.mark.slow
-def test_a_diverging_run_ends_failed_with_one_line_naming_the_key(tmp_path):
-    """The non-finite loss used to end in a traceback: now one line, exit 1, the run FAILED."""
-    args = [*SMOKE, "distiller=none", "optim.lr=1e30", f"paths.root={tmp_path}"]
-    proc = run_cli([*args, "tracking.system_metrics_every_s=null"], cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert line.startswith("seal-exp: run failed: the loss became non-finite at epoch 1, step "), line
-    assert line.endswith("Lower the learning rate (optim.lr=1e+30), or check the inputs.")
-    (run,) = tracked_runs(tmp_path)
-    assert run.info.status == "FAILED" and "NonFiniteLoss" in run.data.tags["error"]
-
-
-@pytest.mark.slow
 def test_a_sweep_goes_on_past_a_diverging_job_and_ends_failed(tmp_path):
-    """The diverging job's line is printed and its run FAILED; the next job trains; the sweep exits 1."""
+    """A non-finite loss used to end in a traceback: now the diverging job says so in one line naming the
+    key and its run is FAILED with the error; the next job trains; the sweep ends with the table of its
+    job without a result and exits 3, as under a launcher."""
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, "distiller=none", "optim.lr=1e30,0.1", f"paths.root={tmp_path}"]
     proc = run_cli([*args, f"hydra.sweep.dir={sweep}", "tracking.system_metrics_every_s=null"], cwd=tmp_path)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "seal-exp: run failed: the loss became non-finite" in proc.stderr
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("seal-exp: run failed: ")]
+    table = proc.stdout[proc.stdout.index("1 job(s) ended without a result (exit code 3):") :]
+    (row,) = [row for row in table.splitlines() if row.startswith("| 0 |")]
+    assert "| FAILED | run failed: the loss became non-finite" in row and row.endswith("train.log |")
+    assert line.startswith("seal-exp: run failed: the loss became non-finite at epoch 1, step "), line
+    assert line.endswith("Lower the learning rate (optim.lr=1e+30), or check the inputs.")
     assert "Traceback" not in proc.stderr
-    runs = {r.data.params.get("optim.lr"): r.info.status for r in tracked_runs(tmp_path, "distill")}
+    found = tracked_runs(tmp_path, "distill")
+    runs = {r.data.params.get("optim.lr"): r.info.status for r in found}
     assert runs == {"1e+30": "FAILED", "0.1": "FINISHED"}
+    (failed,) = [r for r in found if r.info.status == "FAILED"]
+    assert "NonFiniteLoss" in failed.data.tags["error"]
     (parent,) = [r for r in tracked_runs(tmp_path) if r.data.tags.get("sweep.parent") == "true"]
     assert parent.info.status == "FAILED"
