@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -874,14 +875,15 @@ def _first_words(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-# characters MLflow refuses in a logged model's name (mlflow.utils.validation)
-_NOT_IN_MODEL_NAMES = str.maketrans({".": ",", "/": "-", ":": "-", "%": "-", '"': "", "'": ""})
+# characters MLflow refuses in a logged model's name (mlflow.utils.validation), but dots: see model_name
+_NOT_IN_MODEL_NAMES = str.maketrans({".": "_", "/": "-", ":": "-", "%": "-", '"': "", "'": ""})
 
 
 def model_name(run_name: str | None) -> str:
-    """A run's logged model named after the run (``seal α=0,6 β=0,15 τ=3 T=4 seed=0``): MLflow refuses
-    dots in model names, so decimals take a comma."""
-    return (run_name or STUDENT_MODEL).translate(_NOT_IN_MODEL_NAMES).strip() or STUDENT_MODEL
+    """A run's logged model named after the run (``seal α=0,6 β=0,15 τ=3 T=4 seed=0 trainer_epochs=3``):
+    MLflow refuses dots in model names, so decimals take a comma and dotted keys an underscore."""
+    decimals = re.sub(r"(?<=\d)\.(?=\d)", ",", run_name or STUDENT_MODEL)
+    return decimals.translate(_NOT_IN_MODEL_NAMES).strip() or STUDENT_MODEL
 
 
 def _local_path(uri: str) -> str:

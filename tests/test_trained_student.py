@@ -65,7 +65,8 @@ def test_the_run_logs_its_student_as_an_mlflow_model(finished):
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     (model,) = [m for m in models if m.source_run_id == run_id]
     # named after the run, decimals with a comma (MLflow refuses dots in model names)
-    assert model.name == run.info.run_name.replace(".", ",") and "seed=0" in model.name
+    assert model.name.replace(",", ".") == run.info.run_name and "seed=0" in model.name
+    assert "." not in model.name
     assert str(model.status).endswith("READY")
     assert model.params == run.data.params
     shown = {m.key: m.value for m in model.metrics or []}
@@ -100,3 +101,11 @@ def test_a_source_that_is_no_run_is_refused_saying_what_to_give(finished, source
 def test_a_folder_without_best_pt_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"no best\.pt in"):
         load_student(tmp_path)
+
+
+def test_a_model_is_named_after_its_run_without_the_characters_mlflow_refuses():
+    from seal_exp.tracking import model_name
+
+    name = "seal α=0.6 β=0.15 τ=3 T=4 seed=0 trainer.epochs=3 lr=0.05"
+    assert model_name(name) == "seal α=0,6 β=0,15 τ=3 T=4 seed=0 trainer_epochs=3 lr=0,05"
+    assert model_name(None) == model_name("") == "student"

@@ -321,7 +321,7 @@ def _measured(
     if seen == 0:
         raise ValueError("no samples to measure: the batches were empty")
     if seen < samples:
-        log.info("activity measured on %d samples (fewer than the %d asked for)", seen, samples)
+        log.debug("activity measured on %d samples (fewer than the %d asked for)", seen, samples)
     return counting, seen
 
 

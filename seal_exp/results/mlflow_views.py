@@ -18,8 +18,8 @@ from seal_exp.tracking import all_pages
 VIEW_TAG = "mlflow.sharedViewState."
 STUDENTS_VIEW = "seal-exp-students"
 SWEEP_VIEW = "seal-exp-sweep-"  # + the parent run's id
-# The metrics a table quotes, in this order, where some run has them.
-HEADLINE = ("test_acc", "best_val_acc", "test_acc_last", "teacher_test_acc", "energy_uj", "firing_rate")
+# The metrics a table quotes (the UI shows metric columns in name order), where some run has them.
+HEADLINE = ("test_acc", "best_val_acc")  # the selected test accuracy and the one it was selected on
 MAX_SETTINGS = 12  # differing settings shown as columns (the UI scrolls sideways beyond a screen)
 SWEEPS_SHOWN = 10  # the newest sweeps get a URL each
 # Settings that differ between any two runs without saying what was compared.
