@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto# make test: one pytest-xdist worker per CPU core (TEST_WORKERS=0: one process)
 PORT ?= 5000
 ROOT ?= $(CURDIR)
 SWEEP ?= distiller.alpha=0.3,0.6 distiller.beta=0.05,0.15 neuron.T=2,4 trainer.epochs=3
@@ -17,7 +18,7 @@ SWEEP_DIR ?=# default: <paths.root>/multirun/$(SWEEP_NAME), paths.root as ARGS (
 help:
 	@echo "make train   the default run: SeAl-KD, ANN teacher -> spiking CNN on real MNIST-5k (~3 min on 2 CPU cores)"
 	@echo "make evaluate RUN=<run folder | MLflow run id> [ARGS=\"eval.attack=pgd eval.timesteps=[1,2,6]\"]  a finished run's energy, T' and robustness"
-	@echo "make test    the test suite (~9 min on 2 CPU cores; the 15 slowest tests are listed at the end)"
+	@echo "make test    the test suite without the SLURM tests, a pytest-xdist worker per core (~10 min on 2 CPU cores; the 15 slowest tests are listed at the end)"
 	@echo "make test-slurm  the tests against a real SLURM cluster (sudo scripts/slurm-local.sh start first; ~25 min)"
 	@echo "make sweep   a local alpha x beta x T multirun ($(SWEEP)), one MLflow parent run, then its report"
 	@echo "make compare every distiller x seeds 0,1,2 on the embedded data, then a mean +- sd table (long on a CPU)"
@@ -43,7 +44,7 @@ evaluate: $(STAMP)
 	$(BIN)/python -m seal_exp.evaluate $(RUN) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not slurm" $(PYTEST_ARGS)
 
 test-slurm: $(STAMP)
 	$(BIN)/python -m pytest -m slurm $(PYTEST_ARGS)

@@ -318,6 +318,18 @@ class MLflowTracker:
         if scheme in ("", "file"):
             from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 
+            if store is not None and store.is_file():  # a path or file: URI names folders only
+                sqlite = _file_start(store, len(SQLITE_HEADER)) in (b"", SQLITE_HEADER)
+                require(
+                    False,
+                    "uri",
+                    uri,
+                    f"{store} is a SQLite file: name it as one, sqlite:///{store}"
+                    if sqlite
+                    else f"{store} is a file that is no SQLite database (an MLflow store is a SQLite "
+                    "file, or a folder with MLFLOW_ALLOW_FILE_STORE=true): use a new file "
+                    f"(sqlite:///{store.parent}/mlflow.db), or tracking=mlflow for the project's store",
+                )
             require(
                 MLFLOW_ALLOW_FILE_STORE.get(),
                 "uri",

@@ -19,6 +19,11 @@ REPO = CONF_DIR.parent
 # the suite's own dataset class (tests/paced_data.py), trusted when runs' files are read back, in this
 # process and the ones it starts
 os.environ["SEAL_EXP_TRUSTED_TARGETS"] = "tests.paced_data.PacedMNIST5k"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs one worker per core (pytest-xdist): each worker, and the runs it starts, computes on
+    # one thread, so the workers do not take each other's cores (the suite's tensors are small)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def make_cfg(root: Path, overrides: Sequence[str] = (), output: Path | None = None) -> DictConfig:
@@ -82,12 +87,14 @@ def run_cli(
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = (),
     measure: bool = False,
+    outputs: bool = False,
 ) -> subprocess.CompletedProcess:
     """``python -m <module> ARGS`` (default seal_exp.train) in a fresh interpreter, as a user runs it.
 
     ``launcher``: what runs the module instead of the plain interpreter (``python -m
     torch.distributed.run --nproc_per_node=2``); ``env``: extra environment variables. Training runs skip
-    the measurements after training (``eval.after_training``, seconds per job) unless ``measure``.
+    the measurements after training (``eval.after_training``, seconds per job) unless ``measure``, and
+    the figures and the MLflow model (seconds per job: PDF fonts, ``torch.export``) unless ``outputs``.
     """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     if (
@@ -96,6 +103,10 @@ def run_cli(
         and not any(a.startswith("eval.after_training=") for a in args)
     ):
         args = [*args, "eval.after_training=false"]
+    if module == "seal_exp.train" and not outputs:
+        given = {a.split("=", 1)[0] for a in args}
+        quiet = ["trainer.figures"] + ([] if "tracking=none" in args else ["tracking.log_model"])
+        args = [*args, *(f"{k}=false" for k in quiet if k not in given)]
     return subprocess.run(
         [*(launcher or [sys.executable]), "-m", module, *args],
         cwd=cwd,
@@ -104,6 +115,37 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_mlflow_schema(tmp_path_factory: pytest.TempPathFactory):
+    """MLflow builds a new SQLite store by running its schema migrations, seconds each time, and the
+    suite's runs open hundreds of new stores: in this process each new store gets a copy (SQLite's
+    backup) of one store MLflow migrated once. The runs the tests start as commands build theirs as
+    users' runs do."""
+    import sqlite3
+
+    import mlflow.store.db.utils as db_utils
+    import sqlalchemy
+
+    migrate = db_utils._initialize_tables
+    template = tmp_path_factory.mktemp("mlflow_schema") / "mlflow.db"
+
+    def initialize(engine: sqlalchemy.engine.Engine) -> None:
+        path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if not path or path == ":memory:":
+            return migrate(engine)
+        if not template.exists():
+            fresh = sqlalchemy.create_engine(f"sqlite:///{template}")
+            migrate(fresh)
+            fresh.dispose()
+        with sqlite3.connect(template) as source, sqlite3.connect(path) as target:
+            source.backup(target)
+        return None
+
+    db_utils._initialize_tables = initialize
+    yield
+    db_utils._initialize_tables = migrate
 
 
 @pytest.fixture(scope="session")

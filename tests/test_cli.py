@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_cli_run_prints_accuracy_and_location_last(tmp_path):
-    proc = run_cli([*SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path, measure=True)  # the defaults
+    # the defaults: measured after training, figures and the MLflow model
+    proc = run_cli([*SMOKE, f"paths.root={tmp_path}"], cwd=tmp_path, measure=True, outputs=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("student test accuracy ") and "teacher" in last and "MLflow run" in last

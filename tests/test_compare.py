@@ -143,6 +143,8 @@ def test_a_small_comparison_writes_its_table_and_attaches_it_to_the_parent_run(t
             "dataset=digits",
             "debug=smoke",
             "trainer.progress=false",
+            "trainer.figures=false",  # each job's own figures and model: tested with the runs
+            "tracking.log_model=false",
             f"paths.root={tmp_path}",
         ]
     )

@@ -350,6 +350,9 @@ def test_checkpoints_get_the_mode_a_plain_open_would(tmp_path, umask, mode):
         ("file://{d}", "use a SQLite file there (sqlite:///{d}/mlflow.db), or export that variable"),
         ("file://login1{d}", "it names the host 'login1'; a folder on this machine is file:///abs/folder"),
         ("sqlite:///{d}", "{d} is a folder; name the database file in it (sqlite:///{d}/mlflow.db)"),
+        ("{d}/notes.txt", "{d}/notes.txt is a file that is no SQLite database (an MLflow store is a SQLite"),
+        ("file://{d}/notes.txt", "use a new file (sqlite:///{d}/mlflow.db), or tracking=mlflow"),
+        ("{d}/empty.db", "{d}/empty.db is a SQLite file: name it as one, sqlite:///{d}/empty.db"),
         ("sqlite:///{d}/notes.txt", "{d}/notes.txt is not a SQLite database (an MLflow store is one)"),
         ("postgresql+nosuchdriver://seal:secret@db/mlflow", "SQLAlchemy cannot use it (NoSuchModuleError"),
     ],
@@ -361,6 +364,7 @@ def test_a_store_mlflow_cannot_open_is_refused_when_built(tmp_path, monkeypatch,
     folder = tmp_path / "store"
     folder.mkdir()
     (folder / "notes.txt").write_text("not a database\n")
+    (folder / "empty.db").touch()  # SQLite opens an empty file as a new database
     uri = given.format(d=folder)
     with pytest.raises(ConfigError) as refused:
         build(make_cfg(tmp_path, [f"tracking.uri={uri}"]).tracking, "tracking")
@@ -368,7 +372,7 @@ def test_a_store_mlflow_cannot_open_is_refused_when_built(tmp_path, monkeypatch,
     shown = uri.replace(":secret@", ":***@")  # a password is never printed
     assert message.startswith(f"tracking.uri={shown!r} is invalid: "), message
     assert says.format(d=folder) in message and "\n" not in message
-    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]  # nothing created
+    assert sorted(p.name for p in folder.iterdir()) == ["empty.db", "notes.txt"]  # nothing created
 
 
 def test_a_folder_store_is_used_when_mlflow_is_told_to_open_one(tmp_path, monkeypatch):
