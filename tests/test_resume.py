@@ -234,9 +234,21 @@ def test_the_pre_timeout_signal_checkpoints_at_the_next_step_then_hands_over(
     assert run.info.status == "FINISHED"
 
 
+@pytest.fixture
+def foreground_signals():
+    """The handlers of a command started from a shell: a pytest-xdist worker ignores SIGINT, and a job
+    leaves an ignored signal alone (nohup's choice)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_sigint_checkpoint_mark_the_run_killed_and_exit_then_resume(
-    tmp_path, monkeypatch, reference, capsys, stop
+    tmp_path, monkeypatch, reference, capsys, stop, foreground_signals
 ):
     """What scancel, a container stop or Ctrl-C sends: the step finishes, last.pt holds it, the run is
     KILLED, the process exits 128 + signal with one line; the same command resumes it exactly."""
