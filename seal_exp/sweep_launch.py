@@ -183,6 +183,7 @@ class SweepLaunchCallback(Callback):
         self._earlier_status = "RUNNING"
         self._claim: Claim | None = None
         self._sweep_dir: Path | None = None
+        self._handlers_before: dict[int, Any] = {}  # the stop signals' handlers the sweep replaced
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Hydra turns a callback's exception into a warning, so a refusal here is a ``SystemExit`` (2)."""
@@ -277,13 +278,17 @@ class SweepLaunchCallback(Callback):
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             if signal.getsignal(signum) != signal.SIG_IGN:  # nohup's choices stay
-                signal.signal(signum, stop)
+                self._handlers_before[signum] = signal.signal(signum, stop)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status == JobStatus.FAILED:
             self._failed = True
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # the sweep is over: a signal now is the calling program's again (compare, a notebook)
+        for signum, handler in self._handlers_before.items():
+            signal.signal(signum, handler)
+        self._handlers_before.clear()
         unfinished = LAUNCH.unfinished
         if all_refused():  # every job refused its config: as if the sweep itself was refused
             SweepLaunchCallback.refused_jobs += len(unfinished)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -320,3 +321,18 @@ def test_the_smallest_limit_the_refusal_names_is_accepted(
     suggested = line.split("Use hydra.launcher.timeout_min=")[1].split()[0]
     multirun(tmp_path, monkeypatch, ["hydra/launcher=slurm", f"hydra.launcher.timeout_min={suggested}"])
     assert len(fake_sbatch) == 1
+
+
+def test_a_sweep_run_inside_a_program_gives_the_stop_signals_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a sweep runs, SIGTERM/SIGINT/SIGHUP close its parent run; once it ends they are the calling
+    program's again (a notebook or script that ran a sweep keeps its own Ctrl-C)."""
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    before = [signal.getsignal(s) for s in stops]
+    try:
+        multirun(tmp_path, monkeypatch, ["dataset=digits", "debug=smoke", "distiller=none", "seed=0"])
+    except SystemExit as ended:
+        assert ended.code in (0, None)
+    assert (tmp_path / "sweep" / "0" / "summary.json").is_file()
+    assert [signal.getsignal(s) for s in stops] == before
