@@ -1,7 +1,7 @@
 """The baselines' own networks: the SAMD/NLD authors' ResNets, spikingjelly's zoo students and VGG-9.
 
-Parameter counts are written from the layouts in reference-setups.md (or, for the zoo students, taken
-from the zoo's own constructor, built here directly); the behaviours are those the spec names: the ReLU
+Parameter counts are written from the papers' and codes' layouts (or, for the zoo students, taken
+from the zoo's own constructor, built here directly); the behaviours are those the papers name: the ReLU
 last block, the AvgPool shortcut, one affine head whose per-timestep mean is the authors' output, and
 zoo students whose time-mean is exactly what the zoo network returns.
 """
@@ -50,7 +50,7 @@ def test_resnet20_is_the_samd_nld_dvs_student(tmp_path):
 
 def test_the_authors_resnet19_student_and_teacher(tmp_path):
     layout = (128, (128, 256, 512), (3, 3, 2))
-    assert ckdsnn_resnet_count(3, 100, *layout, hidden=None) == 12_615_396  # the spec's teacher figure
+    assert ckdsnn_resnet_count(3, 100, *layout, hidden=None) == 12_615_396  # the published teacher count
     teacher = build_teacher(shaped_cfg(tmp_path, "teacher=ckdsnn_resnet19", classes=100))
     assert parameter_count(teacher) == 12_615_396
     assert isinstance(teacher.head, nn.Linear) and teacher.classifier.in_features == 512

@@ -1,4 +1,4 @@
-"""`samd`, `nld`, `samd_nld` and `kdsnn` against slow loop versions written here from methods.md."""
+"""`samd`, `nld`, `samd_nld` and `kdsnn` against slow loop versions written here from the equations."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def bilinear_oracle(m: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
 
 
 def normalise_oracle(maps: list[list[torch.Tensor]], norm: str) -> list[list[torch.Tensor]]:
-    """M' = M − min M, then M' / (max M' + 1e-3): the maximum of the *shifted* map (methods.md).
+    """M' = M − min M, then M' / (max M' + 1e-3): the maximum of the *shifted* map (the paper's definition).
     Maps are given as per-sample lists of pixel scalars."""
 
     def shift_then_scale(values: list[torch.Tensor], low: torch.Tensor, high: torch.Tensor):

@@ -1,4 +1,4 @@
-"""`tkd`, `tser` and `tks` against slow loop versions written here from methods.md, plus smoke runs."""
+"""`tkd`, `tser` and `tks` against slow loop versions written here from the equations, plus smoke runs."""
 
 from __future__ import annotations
 

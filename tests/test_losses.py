@@ -1,4 +1,4 @@
-"""The losses of `none`, `kd` and `seal` against slow loop versions written here from methods.md."""
+"""The losses of `none`, `kd` and `seal` against slow loop versions written here from the equations."""
 
 from __future__ import annotations
 

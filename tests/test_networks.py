@@ -137,7 +137,7 @@ def test_every_teacher_is_an_ann_with_stages_and_a_final_linear(tmp_path, option
             assert head.in_features == last.shape[1]
 
 
-# ---- parameter counts, against counts written from the layouts in reference-setups.md --------------
+# ---- parameter counts, against counts written from the papers' and codes' layouts --------------
 
 
 def conv(cin: int, cout: int, k: int, bias: bool = False) -> int:

@@ -1,4 +1,4 @@
-"""The paper presets under conf/experiment/: each reproduces its published row of reference-setups.md
+"""The paper presets under conf/experiment/: each reproduces its published row (the papers' tables)
 ("Recipes", "Headline results", "The baselines' networks and recipes"), composes from the command line,
 and runs on a tiny fixture."""
 
@@ -21,7 +21,7 @@ RECT = ("soft", "rect", "width", 1.0)  # the self-distillation paper's neuron
 
 @dataclass(frozen=True)
 class Row:
-    """A published row as reference-setups.md gives it, typed in independently of the config files."""
+    """A published row as the paper's table gives it, typed in independently of the config files."""
 
     dataset: str
     student: str

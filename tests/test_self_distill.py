@@ -1,4 +1,4 @@
-"""``self_distill`` (Strong2Weak / Weak2Strong) against a slow loop version written here from methods.md."""
+"""``self_distill`` (Strong2Weak / Weak2Strong) against a slow loop version written from the equations."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from tests.conftest import SMOKE, Fixed, make_cfg
 GRID = list(itertools.product(VARIANTS, DIRECTIONS))
 GRID_IDS = [f"{v}-{d}" for v, d in GRID]
 
-# ---------------------------------------------------------------- the loop oracle, from the spec
+# ---------------------------------------------------------------- the loop oracle, from the paper's equations
 
 
 def softmax_row(v: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:

@@ -56,7 +56,7 @@ def test_compiled_neurons_match_eager_in_float32(tmp_path: Path) -> None:
 
 
 def test_bf16_keeps_losses_membranes_and_thresholds_in_float32(tmp_path: Path) -> None:
-    """bf16 autocast: convolutions in bf16, everything the spec defines (losses, membrane, threshold
+    """bf16 autocast: convolutions in bf16, everything the methods define (losses, membrane, threshold
     comparison) in float32. Documented tolerance: losses within 5e-2 relative of float32; gradients
     point the same way (cosine similarity > 0.95; a spike whose membrane sits near the threshold can
     flip, so entries are not compared one by one)."""

@@ -1,11 +1,11 @@
-"""``kdsnn``: feature + logit KD on the last stage (methods.md, "Extra baselines").
+"""``kdsnn``: feature + logit KD on the last stage (an extra baseline beside the seed papers' methods).
 
 ``L = (1−a)·L_hard + a·KD_τ(z̄, A) + α_f·‖conv(F̄) − A_f‖² / B``, where ``F̄ = mean_t F[t]`` is the
 student's time-mean last-stage output ``[B, C, H, W]``, ``conv`` a learnable 1×1 convolution (with
 bias) from the student's to the teacher's last-stage width, ``A_f`` the teacher's last-stage output and
 ``‖·‖²`` the squared Frobenius norm summed over ``C, H, W`` (then divided by the batch size B).
 The KD part is exactly ``kd``'s: a = 0.5, τ = 4, hard loss ``mean_ce``. α_f = 1e-3 is this project's
-choice (the spec gives none; the run records it): the squared error is summed over C·H·W, and
+choice (the papers give none; the run records it): the squared error is summed over C·H·W, and
 α_f = 1 diverged at lr 0.1 on the embedded default. When the spatial sizes differ, the teacher's
 features (the target) are resized bilinearly to the student's size.
 """

@@ -118,7 +118,7 @@ def nld_loss(
     space (``logaddexp``) so it stays finite for logits of ±1e4.
     """
     mu = student_logits.mean(-1, keepdim=True)
-    var = student_logits.var(-1, keepdim=True)  # unbiased; σ² of the spec
+    var = student_logits.var(-1, keepdim=True)  # unbiased; σ² of the paper
     log_p_teacher = F.log_softmax(teacher_logits.detach() / tau, dim=-1)
     if mode == "code":
         log_w = math.log(w) if w > 0 else -math.inf

@@ -8,7 +8,7 @@ Source: the NeurIPS 2025 paper [paper; no public code]. Each timestep of the SNN
   strong step ``t_s = argmax_t c_t``, weak step ``t_w = argmin_t c_t`` (ties: the first index).
 - ``p_t = softmax(Z[t] / α_s)``, α_s = 2; ``KL(q ‖ p) = Σ_k q_k (log q_k − log p_k)``, reduced over
   the batch by ``kl_reduction`` (``batchmean`` by default), times α_s² only when ``scale_by_alpha_sq``.
-- ``direction``: ``s2w`` (default; the spec names none) — the strong step teaches the weak one;
+- ``direction``: ``s2w`` (default; the papers name none) — the strong step teaches the weak one;
   ``w2s`` — the reverse.
 - ``variant``:
   ``pair`` (default) ``KL(p_teacher ‖ p_student)`` between the two extremes;

@@ -1,4 +1,4 @@
-"""``tks``: temporal knowledge sharing, a teacher-free baseline (extra baseline of methods.md) [summary].
+"""``tks``: temporal knowledge sharing, a teacher-free baseline (beside the seed papers' methods) [summary].
 
 The self-teacher is the sum (switch ``teacher_reduce``: ``sum`` default, or ``mean``) of ``Z[t]`` over
 each sample's timesteps whose argmax is the label, detached (zero logits when none is correct);
@@ -7,7 +7,7 @@ each sample's timesteps whose argmax is the label, detached (zero logits when no
 the soft target, not a KL) and ``L = a_e·L_hard + (1−a_e)·L_soft`` with ``a_e = 1 − (e/epochs)·a``, ``e`` the
 0-based epoch (the first epoch is pure hard loss). Defaults τ = 3, a = 0.7, hard loss ``mean_ce``
 (``CE(z̄, y)``). No ANN teacher is built. All timesteps at once, no host synchronisation.
-methods.md writes the student side untempered (``log softmax(Z[t])``); the switch
+The method's description writes the student side untempered (``log softmax(Z[t])``); the switch
 ``temper_student=true`` divides it by τ as well, as Hinton KD does (the τ² factor suggests that form):
 the summary does not settle it, so both are offered and the run records which.
 """
