@@ -28,7 +28,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from seal_exp.config import CONF_DIR, ConfigError, RunFailed, flatten, invalid, project_root, require
+from seal_exp.config import (
+    CONF_DIR,
+    ConfigError,
+    InvalidArgument,
+    RunFailed,
+    flatten,
+    invalid,
+    project_root,
+    require,
+)
 from seal_exp.notation import SMOKE, display_key, is_smoke
 from seal_exp.run_controls import is_run_control
 
@@ -320,8 +329,7 @@ class MLflowTracker:
 
             if store is not None and store.is_file():  # a path or file: URI names folders only
                 sqlite = _file_start(store, len(SQLITE_HEADER)) in (b"", SQLITE_HEADER)
-                require(
-                    False,
+                raise InvalidArgument(
                     "uri",
                     uri,
                     f"{store} is a SQLite file: name it as one, sqlite:///{store}"
